@@ -1,0 +1,250 @@
+"""Typed configuration, loaded from YAML and validated with file:line error messages.
+
+Each section is a dataclass; a field's ``metadata["check"]`` is a callable that returns an
+error string (or None) for a value. Unknown keys, wrong types and failed checks are all
+reported as ``file:line: section.key: what is wrong`` and loading fails as a whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+Check = Callable[[Any], "str | None"]
+
+
+class ConfigError(Exception):
+    """One or more invalid configuration values; ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def probability(value: Any) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
+
+
+def port(value: Any) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number 0-65535"
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
+def networks(value: Any) -> str | None:
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            return f"{net!r} is not an IP network (e.g. 127.0.0.0/8)"
+    return None
+
+
+def _f(default: Any, check: Check | None = None, doc: str = "") -> Any:
+    """A dataclass field with an optional check and a one-line description."""
+    meta = {"check": check, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+
+
+@dataclass
+class AudioSocketConfig:
+    enabled: bool = _f(True)
+    host: str = _f("127.0.0.1", doc="listen address; loopback unless you mean it")
+    port: int = _f(9093, port)
+    allow: list[str] = _f(LOOPBACK, networks, "peer networks allowed to connect")
+    payload_format: str = _f("slin", one_of("slin", "ulaw", "alaw"), "encoding of 0x10 frames")
+    max_frame_bytes: int = _f(8192, positive, "longer frames close the connection")
+    idle_timeout_s: float = _f(10.0, positive, "close a connection silent this long")
+    keepalive: bool = _f(True, doc="send silence back so AudioSocket() does not hang up after 2 s")
+    role: str = _f("mixed", one_of("mixed", "customer", "agent"))
+
+
+@dataclass
+class ApiConfig:
+    enabled: bool = _f(True)
+    host: str = _f("127.0.0.1")
+    port: int = _f(8765, port)
+    token: str = _f("", doc="bearer token; or token_file / EMOVOICE_API_TOKEN")
+    token_file: str = _f("")
+    metrics_public: bool = _f(False, doc="serve /metrics without a token")
+    tls_cert: str = _f("")
+    tls_key: str = _f("")
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("", doc="model directory; empty = the shipped default")
+    device: str = _f("auto", one_of("auto", "cpu", "cuda"))
+    threads: int = _f(2, positive, "CPU threads for inference")
+    quantize_int8: bool = _f(False, doc="int8 dynamic quantisation of linear layers (CPU)")
+    label_map: dict[str, str] = _f({}, doc="model label -> NEGATIVE/NEUTRAL/POSITIVE")
+
+
+@dataclass
+class PipelineConfig:
+    window_s: float = _f(3.0, positive)
+    hop_s: float = _f(1.0, positive)
+    vad_min_voiced: float = _f(0.2, probability, "share of voiced 20 ms frames a window needs")
+    vad_energy_dbfs: float = _f(-45.0, doc="frames quieter than this are unvoiced")
+
+
+@dataclass
+class EngineConfig:
+    max_batch: int = _f(32, positive)
+    max_wait_ms: float = _f(20.0, non_negative)
+    max_lag_s: float = _f(1.0, positive, "windows older than this are skipped (back-pressure)")
+    streaming: bool = _f(True, doc="cache the CNN front-end per leg")
+
+
+@dataclass
+class EscalationConfig:
+    smoothing: float = _f(0.5, probability, "EMA weight of the newest NEGATIVE probability")
+    enter: float = _f(0.6, probability, "smoothed NEGATIVE that starts an escalation")
+    exit: float = _f(0.4, probability, "smoothed NEGATIVE below which it clears")
+    min_duration_s: float = _f(2.0, non_negative, "seconds above 'enter' before raising")
+
+
+@dataclass
+class EventsConfig:
+    log_path: str = _f("events.jsonl", doc="append-only JSONL event log")
+    rotate_bytes: int = _f(100_000_000, positive)
+    subscriber_queue: int = _f(1000, positive, "events buffered per WebSocket client")
+
+
+@dataclass
+class DebugConfig:
+    record_audio: bool = _f(False, doc="write call audio to record_dir (off: no audio on disk)")
+    record_dir: str = _f("recordings")
+
+
+@dataclass
+class Config:
+    audiosocket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+
+def _type_error(value: Any, hint: Any) -> str | None:
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif origin is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif origin is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    else:
+        ok = isinstance(value, origin)
+    return None if ok else f"expected {getattr(origin, '__name__', origin)}, got {type(value).__name__} {value!r}"
+
+
+def _build_section(cls: type, node: yaml.Node, where: str, name: str, errors: list[str]) -> Any:
+    if not isinstance(node, yaml.MappingNode):
+        errors.append(f"{where}:{node.start_mark.line + 1}: {name}: expected a mapping")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        key, line = key_node.value, key_node.start_mark.line + 1
+        if key not in fields:
+            errors.append(f"{where}:{line}: {name}.{key}: unknown key (known: {', '.join(fields)})")
+            continue
+        value = yaml.safe_load(yaml.serialize(value_node))
+        problem = _type_error(value, hints[key])
+        if problem is None and fields[key].metadata.get("check"):
+            problem = fields[key].metadata["check"](value)
+        if problem:
+            errors.append(f"{where}:{line}: {name}.{key}: {problem}")
+        else:
+            values[key] = float(value) if hints[key] is float else value
+    return cls(**values)
+
+
+def parse_config(text: str, where: str = "<string>") -> Config:
+    """Parse and validate YAML text; raises ConfigError listing every problem."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        raise ConfigError([f"{where}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    errors: list[str] = []
+    sections: dict[str, Any] = {}
+    if root is not None:
+        if not isinstance(root, yaml.MappingNode):
+            raise ConfigError([f"{where}:{root.start_mark.line + 1}: top level must be a mapping"])
+        known = {f.name: f.type for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
+        hints = typing.get_type_hints(Config)
+        for key_node, value_node in root.value:
+            key = key_node.value
+            if key not in known:
+                errors.append(f"{where}:{key_node.start_mark.line + 1}: {key}: unknown section (known: {', '.join(known)})")
+                continue
+            sections[key] = _build_section(hints[key], value_node, where, key, errors)
+    errors.extend(_cross_checks(sections, where))
+    if errors:
+        raise ConfigError(errors)
+    return Config(**sections, source=where)
+
+
+def _cross_checks(sections: dict[str, Any], where: str) -> list[str]:
+    errors = []
+    pipe = sections.get("pipeline", PipelineConfig())
+    if pipe.hop_s > pipe.window_s:
+        errors.append(f"{where}: pipeline.hop_s: must not exceed pipeline.window_s ({pipe.window_s})")
+    esc = sections.get("escalation", EscalationConfig())
+    if esc.exit > esc.enter:
+        errors.append(f"{where}: escalation.exit: must be <= escalation.enter ({esc.enter}) for hysteresis")
+    return errors
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load a config file (None: all defaults)."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}:0: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(p))
+
+
+def read_secret(value: str, file: str, env: str) -> str:
+    """A secret from the environment variable ``env``, else ``file``, else the literal value."""
+    if os.environ.get(env):
+        return os.environ[env].strip()
+    if file:
+        return Path(file).read_text(encoding="utf-8").strip()
+    return value

@@ -1,0 +1,1 @@
+"""Signal processing shared by the daemon and the training code."""

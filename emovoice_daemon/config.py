@@ -119,12 +119,35 @@ class EngineConfig:
     streaming: bool = _f(True, doc="cache the CNN front-end per leg")
 
 
+def escalation_profiles(value: Any) -> str | None:
+    """Each profile maps escalation keys (not 'profiles') to values that pass their checks."""
+    fields = {f.name: f for f in dataclasses.fields(EscalationConfig) if f.name != "profiles"}
+    hints = typing.get_type_hints(EscalationConfig)
+    for name, overrides in value.items():
+        for key, v in overrides.items():
+            if key not in fields:
+                return f"profile {name!r}: unknown key {key!r} (known: {', '.join(fields)})"
+            check = fields[key].metadata.get("check")
+            problem = _type_error(v, hints[key]) or (check(v) if check else None)
+            if problem:
+                return f"profile {name!r}: {key}: {problem}"
+    return None
+
+
 @dataclass
 class EscalationConfig:
+    method: str = _f("ema", one_of("ema", "median"), "smoothing of the NEGATIVE probability")
     smoothing: float = _f(0.5, probability, "EMA weight of the newest NEGATIVE probability")
+    median_windows: int = _f(5, positive, "windows in the running median (method: median)")
     enter: float = _f(0.6, probability, "smoothed NEGATIVE that starts an escalation")
     exit: float = _f(0.4, probability, "smoothed NEGATIVE below which it clears")
+    alert: float = _f(0.75, probability, "smoothed NEGATIVE that makes it an alert, not a watch")
     min_duration_s: float = _f(2.0, non_negative, "seconds above 'enter' before raising")
+    clear_duration_s: float = _f(3.0, non_negative, "seconds below 'exit' before clearing")
+    cooldown_s: float = _f(30.0, non_negative, "no new escalation this long after a clear")
+    trend_window_s: float = _f(30.0, positive, "look-back of the rising-trend rule")
+    trend_rise: float = _f(0.25, probability, "rise within trend_window_s that raises a watch; 0 = off")
+    profiles: dict[str, dict] = _f({}, escalation_profiles, "per queue/tenant overrides, by meta queue or tenant")
 
 
 @dataclass
@@ -162,7 +185,8 @@ def _type_error(value: Any, hint: Any) -> str | None:
     elif origin is list:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     elif origin is dict:
-        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        item = (typing.get_args(hint) or (str, str))[1]
+        ok = isinstance(value, dict) and all(isinstance(v, typing.get_origin(item) or item) for v in value.values())
     else:
         ok = isinstance(value, origin)
     return None if ok else f"expected {getattr(origin, '__name__', origin)}, got {type(value).__name__} {value!r}"
@@ -226,6 +250,8 @@ def _cross_checks(sections: dict[str, Any], where: str) -> list[str]:
     esc = sections.get("escalation", EscalationConfig())
     if esc.exit > esc.enter:
         errors.append(f"{where}: escalation.exit: must be <= escalation.enter ({esc.enter}) for hysteresis")
+    if esc.alert < esc.enter:
+        errors.append(f"{where}: escalation.alert: must be >= escalation.enter ({esc.enter})")
     return errors
 
 

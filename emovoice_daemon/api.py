@@ -1,0 +1,78 @@
+"""HTTP/WebSocket API (aiohttp): /health, /metrics and the /events stream.
+
+Every route needs ``Authorization: Bearer <token>`` (or ``?token=`` for browsers), except
+the paths in ``PUBLIC_PATHS``; tokens are compared in constant time.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import metrics
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+DAEMON_KEY: web.AppKey["Daemon"] = web.AppKey("daemon")
+PUBLIC_PATHS = {"/health"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_token(request: web.Request) -> str:
+    """The bearer token of a request (header first, then the ``token`` query parameter)."""
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[len("Bearer "):].strip()
+    return request.query.get("token", "")
+
+
+def token_ok(request: web.Request, token: str) -> bool:
+    return hmac.compare_digest(request_token(request).encode(), token.encode())
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    daemon = request.app[DAEMON_KEY]
+    public = request.path in PUBLIC_PATHS or (request.path == "/metrics" and daemon.config.api.metrics_public)
+    if not public and not token_ok(request, daemon.api_token):
+        return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DAEMON_KEY].health())
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    body = generate_latest(metrics.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def events_ws(request: web.Request) -> web.WebSocketResponse:
+    """Stream every event as a JSON text message; ``?call_id=`` narrows it to one call."""
+    ws = web.WebSocketResponse(heartbeat=20)
+    await ws.prepare(request)
+    call_id = request.query.get("call_id")
+    async for event in request.app[DAEMON_KEY].bus.subscribe():
+        if ws.closed:
+            break
+        if call_id is None or event["call_id"] == call_id:
+            await ws.send_str(json.dumps(event))
+    return ws
+
+
+def build_app(daemon: "Daemon") -> web.Application:
+    app = web.Application(middlewares=[auth_middleware])
+    app[DAEMON_KEY] = daemon
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/events", events_ws)
+    return app

@@ -1,0 +1,136 @@
+"""Call legs: the state of one voice stream of one call, from first audio to call.ended.
+
+A source (AudioSocket, RTP, SIP) starts a leg, feeds it 8 kHz int16 audio and ends it.
+The leg hands audio to the scoring engine, runs the escalation policy on each result and
+publishes the events. Leg ids are ``"{call_id}:{role}"``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import metrics
+from .engine import ScoringEngine, WindowResult
+from .events import EventBus
+from .policy import EscalationPolicy
+
+log = logging.getLogger(__name__)
+
+LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
+
+
+@dataclass
+class LegStats:
+    """Running figures for the post-call summary."""
+
+    scored: int = 0
+    skipped: int = 0
+    class_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
+    peak_negative: float = 0.0
+    peak_negative_at: float = 0.0
+    escalations: int = 0
+
+    def add(self, result: WindowResult) -> None:
+        if result.probs is None:
+            self.skipped += 1
+            return
+        self.scored += 1
+        self.class_counts[LABELS[int(np.argmax(result.probs))]] += 1
+        if result.probs[0] > self.peak_negative:
+            self.peak_negative, self.peak_negative_at = float(result.probs[0]), result.end_s
+
+    def summary(self, duration_s: float) -> dict[str, Any]:
+        share = {k: round(v / self.scored, 3) if self.scored else 0.0 for k, v in self.class_counts.items()}
+        return {"duration_s": round(duration_s, 2), "windows_scored": self.scored, "windows_skipped": self.skipped,
+                "class_share": share, "peak_negative": round(self.peak_negative, 4),
+                "peak_negative_at": round(self.peak_negative_at, 2), "escalations": self.escalations}
+
+
+class Leg:
+    """One voice stream of one call."""
+
+    def __init__(self, manager: "CallManager", call_id: str, role: str, source: str, meta: dict[str, Any]) -> None:
+        self.manager, self.call_id, self.role, self.source, self.meta = manager, call_id, role, source, meta
+        self.leg_id = f"{call_id}:{role}"
+        self.policy = manager.policy_factory()
+        self.stats = LegStats()
+        self.started = time.monotonic()
+        self.samples = 0
+        self.ended = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / 8000
+
+    def feed(self, pcm: np.ndarray) -> None:
+        """Add int16 8 kHz audio."""
+        if not self.ended:
+            self.samples += len(pcm)
+            self.manager.engine.push(self.leg_id, pcm)
+
+    def dtmf(self, digit: str) -> None:
+        self._publish("call.dtmf", digit=digit, at=round(self.duration_s, 2))
+
+    def on_result(self, result: WindowResult) -> None:
+        """Engine callback: publish the score and any escalation transitions."""
+        self.stats.add(result)
+        if result.probs is None:
+            return
+        probs = {label: round(float(p), 4) for label, p in zip(LABELS, result.probs)}
+        transitions = self.policy.update(result.end_s, probs)
+        self._publish("score", window={"start": round(result.start_s, 2), "end": round(result.end_s, 2)},
+                      probs=probs, label=max(probs, key=probs.get),
+                      negative_smoothed=round(self.policy.smoothed, 4),
+                      lag_ms=round(result.latency_ms, 1), model=self.manager.model_info)
+        for tr in transitions:
+            if tr.kind == "raised":
+                self.stats.escalations += 1
+            self._publish(f"escalation.{tr.kind}", **tr.fields())
+
+    async def end(self, reason: str) -> None:
+        """Score what is buffered, then publish call.ended. Safe to call twice."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            await self.manager.engine.close_leg(self.leg_id)
+        finally:
+            self._publish("call.ended", reason=reason, summary=self.stats.summary(self.duration_s))
+            self.manager.forget(self)
+
+    def _publish(self, type_: str, **fields: Any) -> None:
+        bus = self.manager.bus
+        bus.publish(bus.make_event(type_, self.call_id, self.role, **fields))
+
+
+class CallManager:
+    """Creates and tracks the live legs."""
+
+    def __init__(self, engine: ScoringEngine, bus: EventBus, policy_factory: Callable[[], EscalationPolicy],
+                 model_info: dict[str, Any]) -> None:
+        self.engine, self.bus, self.policy_factory, self.model_info = engine, bus, policy_factory, model_info
+        self.legs: dict[str, Leg] = {}
+
+    def start_leg(self, call_id: str, role: str, source: str, meta: dict[str, Any]) -> Leg:
+        """Open a leg and publish call.started; a leg id already live is a ValueError."""
+        leg = Leg(self, call_id, role, source, meta)
+        if leg.leg_id in self.legs:
+            raise ValueError(f"call leg {leg.leg_id} is already live")
+        self.legs[leg.leg_id] = leg
+        self.engine.open_leg(leg.leg_id, leg.on_result)
+        metrics.CALLS_TOTAL.labels(source).inc()
+        metrics.LIVE_LEGS.set(len(self.legs))
+        leg._publish("call.started", source=source, meta=meta, model=self.model_info)
+        return leg
+
+    def forget(self, leg: Leg) -> None:
+        self.legs.pop(leg.leg_id, None)
+        metrics.LIVE_LEGS.set(len(self.legs))
+
+    async def end_all(self, reason: str) -> None:
+        for leg in list(self.legs.values()):
+            await leg.end(reason)

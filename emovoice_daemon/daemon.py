@@ -1,0 +1,102 @@
+"""The daemon: builds the components from the config, starts them, and stops them in order."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .api import build_app
+from .audiosocket import AudioSocketServer
+from .calls import CallManager
+from .config import Config, read_secret
+from .engine import ScoringEngine
+from .eventlog import EventLog
+from .events import EventBus
+from .models.loader import Classifier, load_classifier
+from .policy import EscalationPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """All live components of one running daemon."""
+
+    def __init__(self, config: Config, classifier: Classifier | None = None) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.api_token = read_secret(config.api.token, config.api.token_file, "EMOVOICE_API_TOKEN")
+        if not self.api_token:
+            self.api_token = secrets.token_urlsafe(24)
+            log.warning("no api.token configured: generated one for this run: %s", self.api_token)
+        self.bus = EventBus(config.events.subscriber_queue)
+        self.started_at = time.time()
+        self._stopped = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.api_address = ""
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return {"name": self.classifier.name, "trained": self.classifier.trained}
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self.classifier is None:
+            self.classifier = await asyncio.to_thread(load_classifier, cfg.model)
+        self.event_log = EventLog(cfg.events.log_path)
+        self.bus.add_sink(self.event_log.write)
+        self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
+        await self.engine.start()
+        self.calls = CallManager(self.engine, self.bus, lambda: EscalationPolicy(cfg.escalation), self.model_info)
+        self.audiosocket = AudioSocketServer(cfg.audiosocket, self.calls)
+        if cfg.audiosocket.enabled:
+            await self.audiosocket.start()
+        if cfg.api.enabled:
+            await self._start_api()
+        log.info("emovoice daemon ready (model %s, trained=%s)", self.classifier.name, self.classifier.trained)
+
+    async def _start_api(self) -> None:
+        cfg = self.config.api
+        self._runner = web.AppRunner(build_app(self), access_log=None)
+        await self._runner.setup()
+        ssl_ctx = None
+        if cfg.tls_cert:
+            import ssl
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_ctx)
+        await site.start()
+        host, port = site._server.sockets[0].getsockname()[:2]
+        self.api_address = f"{host}:{port}"
+        log.info("api listening on %s://%s", "https" if ssl_ctx else "http", self.api_address)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "legs": len(self.calls.legs), "model": self.model_info,
+                "uptime_s": round(time.time() - self.started_at, 1)}
+
+    async def stop(self) -> None:
+        """Stop accepting calls, end live legs (scoring what is buffered), close everything."""
+        await self.audiosocket.stop_accepting()
+        await self.audiosocket.close_all()
+        await self.calls.end_all("shutdown")
+        await self.engine.stop()
+        if self._runner:
+            await self._runner.cleanup()
+        self.event_log.close()
+        log.info("emovoice daemon stopped")
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, then stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        await self._stopped.wait()
+        await self.stop()

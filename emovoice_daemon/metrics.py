@@ -1,0 +1,30 @@
+"""Prometheus metrics, one registry for the daemon (served at /metrics)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LIVE_LEGS = Gauge("emovoice_live_legs", "Call legs being scored now", registry=REGISTRY)
+CALLS_TOTAL = Counter("emovoice_legs_started_total", "Call legs started", ["source"], registry=REGISTRY)
+EVENTS_TOTAL = Counter("emovoice_events_total", "Events published", ["type"], registry=REGISTRY)
+EVENTS_DROPPED = Counter("emovoice_events_dropped_total", "Events dropped for a slow subscriber", registry=REGISTRY)
+AUDIOSOCKET_ERRORS = Counter(
+    "emovoice_audiosocket_errors_total", "AudioSocket connections closed for bad input or rejected", ["reason"],
+    registry=REGISTRY,
+)
+RTP_PACKETS = Counter("emovoice_rtp_packets_total", "RTP packets accepted into a stream", registry=REGISTRY)
+RTP_DROPPED = Counter(
+    "emovoice_rtp_packets_dropped_total", "RTP datagrams dropped (malformed, unknown_source, payload_type, late, "
+    "duplicate)", ["reason"], registry=REGISTRY,
+)
+RTP_LOST = Counter("emovoice_rtp_packets_lost_total", "RTP packets never received, concealed by silence",
+                   registry=REGISTRY)
+RTP_STREAM_TIMEOUTS = Counter("emovoice_rtp_stream_timeouts_total", "RTP streams ended because packets stopped",
+                              registry=REGISTRY)
+WINDOWS = Counter("emovoice_windows_total", "Windows by outcome (scored, silence, overload, error)", ["outcome"],
+                  registry=REGISTRY)
+BATCH_SIZE = Histogram("emovoice_batch_size", "Windows per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                       registry=REGISTRY)
+SCORING_LAG = Histogram("emovoice_scoring_lag_seconds", "From window due to result",
+                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5), registry=REGISTRY)

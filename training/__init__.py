@@ -1,0 +1,1 @@
+"""EmoVoice training: corpora, telephony augmentation, speaker-independent evaluation, export."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import metrics
+from . import history, metrics, notifier
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAEMON_KEY: web.AppKey["Daemon"] = web.AppKey("daemon")
-PUBLIC_PATHS = {"/health"}
+PUBLIC_PATHS = {"/health", *notifier.PUBLIC_PATHS}  # the agent page and socket check agent tokens
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -75,4 +75,8 @@ def build_app(daemon: "Daemon") -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/events", events_ws)
+    if daemon.history is not None:
+        history.add_routes(app, daemon.history)
+    if daemon.notifier is not None:
+        notifier.add_routes(app, daemon.notifier)
     return app

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -17,37 +16,11 @@ from . import metrics
 from .engine import ScoringEngine, WindowResult
 from .events import EventBus
 from .policy import EscalationPolicy
+from .summary import LegSummary
 
 log = logging.getLogger(__name__)
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
-
-
-@dataclass
-class LegStats:
-    """Running figures for the post-call summary."""
-
-    scored: int = 0
-    skipped: int = 0
-    class_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
-    peak_negative: float = 0.0
-    peak_negative_at: float = 0.0
-    escalations: int = 0
-
-    def add(self, result: WindowResult) -> None:
-        if result.probs is None:
-            self.skipped += 1
-            return
-        self.scored += 1
-        self.class_counts[LABELS[int(np.argmax(result.probs))]] += 1
-        if result.probs[0] > self.peak_negative:
-            self.peak_negative, self.peak_negative_at = float(result.probs[0]), result.end_s
-
-    def summary(self, duration_s: float) -> dict[str, Any]:
-        share = {k: round(v / self.scored, 3) if self.scored else 0.0 for k, v in self.class_counts.items()}
-        return {"duration_s": round(duration_s, 2), "windows_scored": self.scored, "windows_skipped": self.skipped,
-                "class_share": share, "peak_negative": round(self.peak_negative, 4),
-                "peak_negative_at": round(self.peak_negative_at, 2), "escalations": self.escalations}
 
 
 class Leg:
@@ -56,8 +29,8 @@ class Leg:
     def __init__(self, manager: "CallManager", call_id: str, role: str, source: str, meta: dict[str, Any]) -> None:
         self.manager, self.call_id, self.role, self.source, self.meta = manager, call_id, role, source, meta
         self.leg_id = f"{call_id}:{role}"
-        self.policy = manager.policy_factory()
-        self.stats = LegStats()
+        self.policy = manager.policy_factory(meta)
+        self.stats = LegSummary()
         self.started = time.monotonic()
         self.samples = 0
         self.ended = False
@@ -77,18 +50,18 @@ class Leg:
 
     def on_result(self, result: WindowResult) -> None:
         """Engine callback: publish the score and any escalation transitions."""
-        self.stats.add(result)
         if result.probs is None:
+            self.stats.add(result.start_s, result.end_s, None)
             return
         probs = {label: round(float(p), 4) for label, p in zip(LABELS, result.probs)}
         transitions = self.policy.update(result.end_s, probs)
+        self.stats.add(result.start_s, result.end_s, probs, self.policy.smoothed)
         self._publish("score", window={"start": round(result.start_s, 2), "end": round(result.end_s, 2)},
                       probs=probs, label=max(probs, key=probs.get),
                       negative_smoothed=round(self.policy.smoothed, 4),
                       lag_ms=round(result.latency_ms, 1), model=self.manager.model_info)
         for tr in transitions:
-            if tr.kind == "raised":
-                self.stats.escalations += 1
+            self.stats.transition(tr)
             self._publish(f"escalation.{tr.kind}", **tr.fields())
 
     async def end(self, reason: str) -> None:
@@ -110,7 +83,8 @@ class Leg:
 class CallManager:
     """Creates and tracks the live legs."""
 
-    def __init__(self, engine: ScoringEngine, bus: EventBus, policy_factory: Callable[[], EscalationPolicy],
+    def __init__(self, engine: ScoringEngine, bus: EventBus,
+                 policy_factory: Callable[[dict[str, Any]], EscalationPolicy],
                  model_info: dict[str, Any]) -> None:
         self.engine, self.bus, self.policy_factory, self.model_info = engine, bus, policy_factory, model_info
         self.legs: dict[str, Leg] = {}

@@ -150,6 +150,49 @@ class EscalationConfig:
     profiles: dict[str, dict] = _f({}, escalation_profiles, "per queue/tenant overrides, by meta queue or tenant")
 
 
+def severity_keys(value: Any) -> str | None:
+    unknown = sorted(set(value) - {"watch", "alert"})
+    return f"unknown severities {unknown} (known: watch, alert)" if unknown else None
+
+
+def http_url(value: Any) -> str | None:
+    return None if value == "" or value.startswith(("http://", "https://")) else "must be an http:// or https:// URL"
+
+
+DEFAULT_PHRASES = {
+    "watch": "Caller sounds frustrated - acknowledge the problem and summarise what you will do.",
+    "alert": "Frustration rising - acknowledge and offer a concrete next step.",
+}
+
+
+@dataclass
+class NotifierConfig:
+    enabled: bool = _f(True, doc="agent prompts: /agent page and /agent/ws WebSocket on the API listener")
+    agents: dict[str, str] = _f({}, doc="agent id/extension -> token; prefer agents_file")
+    agents_file: str = _f("", doc="YAML mapping agent id -> token, kept out of the config")
+    phrases: dict[str, str] = _f(DEFAULT_PHRASES, severity_keys, "suggested phrasing per severity (watch, alert)")
+    roles: list[str] = _f(["customer", "mixed"], doc="legs whose escalations prompt the agent")
+
+
+@dataclass
+class WebhookConfig:
+    url: str = _f("", http_url, "POST escalation events here; empty = off")
+    secret: str = _f("", doc="HMAC-SHA256 key for X-EmoVoice-Signature; or secret_file / EMOVOICE_WEBHOOK_SECRET")
+    secret_file: str = _f("")
+    events: list[str] = _f(["escalation.raised", "escalation.cleared"], doc="event types to send")
+    timeout_s: float = _f(5.0, positive)
+    retries: int = _f(3, non_negative, "retries after the first attempt")
+    backoff_s: float = _f(0.5, positive, "first retry delay, doubled each retry")
+    queue: int = _f(1000, positive, "events waiting to be sent before the oldest is dropped")
+
+
+@dataclass
+class HistoryConfig:
+    enabled: bool = _f(True, doc="SQLite call history (scores and summaries, never audio), served at /calls")
+    path: str = _f("emovoice-history.sqlite3")
+    retention_days: float = _f(90.0, non_negative, "delete calls older than this at start; 0 = keep")
+
+
 @dataclass
 class EventsConfig:
     log_path: str = _f("events.jsonl", doc="append-only JSONL event log")
@@ -172,6 +215,9 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    notifier: NotifierConfig = field(default_factory=NotifierConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 

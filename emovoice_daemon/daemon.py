@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import time
@@ -16,9 +17,12 @@ from .calls import CallManager
 from .config import Config, read_secret
 from .engine import ScoringEngine
 from .eventlog import EventLog
-from .events import EventBus
+from .events import Event, EventBus
+from .history import CallHistory
 from .models.loader import Classifier, load_classifier
-from .policy import EscalationPolicy
+from .notifier import AgentNotifier
+from .policy import EscalationPolicy, profile_for
+from .webhook import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,9 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.api_address = ""
+        self.history: CallHistory | None = None
+        self.notifier: AgentNotifier | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -51,13 +58,37 @@ class Daemon:
         self.bus.add_sink(self.event_log.write)
         self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
-        self.calls = CallManager(self.engine, self.bus, lambda: EscalationPolicy(cfg.escalation), self.model_info)
+        self.calls = CallManager(self.engine, self.bus, lambda meta: EscalationPolicy(profile_for(cfg.escalation, meta)),
+                                 self.model_info)
+        self._start_escalation_outputs()
         self.audiosocket = AudioSocketServer(cfg.audiosocket, self.calls)
         if cfg.audiosocket.enabled:
             await self.audiosocket.start()
         if cfg.api.enabled:
             await self._start_api()
         log.info("emovoice daemon ready (model %s, trained=%s)", self.classifier.name, self.classifier.trained)
+
+    def _start_escalation_outputs(self) -> None:
+        """Call history, agent notifier, webhook and the ARI escalation hook, all fed as bus sinks."""
+        cfg = self.config
+        if cfg.history.enabled:
+            self.history = CallHistory(cfg.history.path, cfg.history.retention_days)
+            self.bus.add_sink(self.history.sink)
+            self._tasks.append(asyncio.create_task(self.history.run(), name="call-history"))
+        if cfg.notifier.enabled:
+            self.notifier = AgentNotifier(cfg.notifier, self.api_token)
+            self.bus.add_sink(self.notifier.sink)
+        if cfg.webhook.url:
+            webhook = WebhookSender(cfg.webhook)
+            self.bus.add_sink(webhook.sink)
+            self._tasks.append(asyncio.create_task(webhook.run(), name="webhook"))
+        self.bus.add_sink(self._escalation_hook)
+
+    def _escalation_hook(self, event: Event) -> None:
+        """Hand escalation events to the ARI controller's ``on_escalation`` (channel variables), if any."""
+        hook = getattr(getattr(self, "ari", None), "on_escalation", None)
+        if hook is not None and event["type"].startswith("escalation."):
+            hook(event)
 
     async def _start_api(self) -> None:
         cfg = self.config.api
@@ -76,7 +107,9 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "legs": len(self.calls.legs), "model": self.model_info,
-                "uptime_s": round(time.time() - self.started_at, 1)}
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "device": str(getattr(self.classifier, "device", "cpu")),
+                "cpu_load": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
 
     async def stop(self) -> None:
         """Stop accepting calls, end live legs (scoring what is buffered), close everything."""
@@ -84,6 +117,13 @@ class Daemon:
         await self.audiosocket.close_all()
         await self.calls.end_all("shutdown")
         await self.engine.stop()
+        if self.history is not None:
+            await self.history.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.history is not None:
+            self.history.close()
         if self._runner:
             await self._runner.cleanup()
         self.event_log.close()

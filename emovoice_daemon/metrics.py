@@ -28,3 +28,6 @@ BATCH_SIZE = Histogram("emovoice_batch_size", "Windows per model call", buckets=
                        registry=REGISTRY)
 SCORING_LAG = Histogram("emovoice_scoring_lag_seconds", "From window due to result",
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5), registry=REGISTRY)
+WEBHOOK_DELIVERIES = Counter("emovoice_webhook_deliveries_total", "Webhook deliveries by outcome (sent, failed, "
+                             "dropped)", ["outcome"], registry=REGISTRY)
+AGENT_CONNECTIONS = Gauge("emovoice_agent_connections", "Agent notifier WebSocket connections", registry=REGISTRY)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .models.loader import LABELS
 from .policy import Transition
 
-LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
 TIMELINE_POINTS = 120
 
 

@@ -1,0 +1,114 @@
+// EmoVoice agent page: shows this agent's escalation prompts. No build step, no dependencies.
+// Credentials come from the URL fragment (#agent=1001&token=...; never sent to the server
+// in a URL) or the form, and are sent as the WebSocket's first message.
+"use strict";
+
+const CLEARED_VISIBLE_MS = 8000;
+const prompts = new Map();  // call_id + role -> element
+const liveCalls = new Set();
+let retryMs = 1000;
+
+function credentials() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const agent = hash.get("agent") || sessionStorage.getItem("emovoice.agent");
+  const token = hash.get("token") || sessionStorage.getItem("emovoice.token");
+  if (hash.has("token")) history.replaceState(null, "", location.pathname);
+  return agent && token ? { agent, token } : null;
+}
+
+function setStatus(text, online) {
+  const el = document.getElementById("status");
+  el.textContent = text;
+  el.className = "status " + (online ? "online" : "offline");
+}
+
+function renderCalls() {
+  document.getElementById("calls").textContent = liveCalls.size ? [...liveCalls].join(", ") : "none";
+  document.getElementById("idle").hidden = prompts.size > 0;
+}
+
+function showPrompt(ev) {
+  const key = ev.call_id + ":" + ev.role;
+  let el = prompts.get(key);
+  if (!el) {
+    el = document.createElement("article");
+    el.innerHTML = '<div class="severity"></div><div class="phrase"></div><div class="meta"></div>';
+    document.getElementById("prompts").prepend(el);
+    prompts.set(key, el);
+  }
+  clearTimeout(el.dataset.timer);
+  el.className = "prompt " + ev.severity;
+  el.dataset.callId = ev.call_id;
+  el.querySelector(".severity").textContent = ev.severity === "alert" ? "Alert" : "Watch";
+  el.querySelector(".phrase").textContent = ev.phrase || ev.reason;
+  el.querySelector(".meta").textContent =
+    ev.reason + " - call " + ev.call_id + " - since " + new Date(ev.ts * 1000).toLocaleTimeString();
+  renderCalls();
+}
+
+function clearPrompt(ev) {
+  const key = ev.call_id + ":" + ev.role;
+  const el = prompts.get(key);
+  if (!el) return;
+  el.className = "prompt cleared";
+  el.querySelector(".severity").textContent = "Calmer";
+  el.querySelector(".phrase").textContent = "The caller sounds calmer.";
+  el.dataset.timer = setTimeout(() => { el.remove(); prompts.delete(key); renderCalls(); }, CLEARED_VISIBLE_MS);
+}
+
+function handle(ev) {
+  switch (ev.type) {
+    case "hello":
+      ev.calls.forEach((c) => liveCalls.add(c));
+      ev.active.forEach(showPrompt);
+      break;
+    case "call.started": liveCalls.add(ev.call_id); break;
+    case "escalation.raised": showPrompt(ev); break;
+    case "escalation.cleared": clearPrompt(ev); break;
+    case "call.ended":
+      liveCalls.delete(ev.call_id);
+      clearPrompt(ev);
+      break;
+  }
+  renderCalls();
+}
+
+function connect(cred) {
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/agent/ws");
+  ws.onopen = () => ws.send(JSON.stringify({ type: "auth", agent: cred.agent, token: cred.token }));
+  ws.onmessage = (msg) => {
+    retryMs = 1000;
+    setStatus("agent " + cred.agent, true);
+    handle(JSON.parse(msg.data));
+  };
+  ws.onclose = (e) => {
+    if (e.code === 4401) {
+      setStatus("wrong agent or token", false);
+      sessionStorage.clear();
+      document.getElementById("login").hidden = false;
+      return;
+    }
+    setStatus("reconnecting...", false);
+    setTimeout(() => connect(cred), retryMs);
+    retryMs = Math.min(retryMs * 2, 15000);
+  };
+}
+
+function begin(cred) {
+  sessionStorage.setItem("emovoice.agent", cred.agent);
+  sessionStorage.setItem("emovoice.token", cred.token);
+  connect(cred);
+}
+
+const saved = credentials();
+if (saved) {
+  begin(saved);
+} else {
+  const form = document.getElementById("login");
+  form.hidden = false;
+  form.onsubmit = (e) => {
+    e.preventDefault();
+    form.hidden = true;
+    begin({ agent: form.agent.value, token: form.token.value });
+  };
+}

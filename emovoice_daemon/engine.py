@@ -1,35 +1,44 @@
 """Scoring engine: gathers the windows due from all live legs, batches them, runs the model.
 
-Each leg keeps the last ``window_s`` of 8 kHz audio. Every ``hop_s`` a window is due; due
-windows from all legs queue in arrival order and one worker takes up to ``max_batch`` of
-them (waiting at most ``max_wait_ms`` to fill a batch), skips the silent ones (VAD) and
-the stale ones (older than ``max_lag_s``: back-pressure, so lag never grows without bound),
-runs the model in a thread, and hands each result back on the event loop in order per leg.
+Each leg keeps the last ``window_s`` of its audio (8 kHz for the VAD, model rate for the
+model, resampled with one :class:`StreamResampler` per leg). Every ``hop_s`` a window is
+due: silent ones (VAD) are answered at once, the others queue in arrival order. One
+worker takes up to ``max_batch`` of them (waiting at most ``max_wait_ms`` to fill a batch)
+and runs the model in a dedicated thread; HuBERT/wav2vec2-shaped models use the streaming
+front-end (:mod:`.streaming`). Results reach ``on_result`` on the event loop, in order per
+leg. Back-pressure: a leg has at most one window waiting; when a newer window is due
+before the waiting one was taken, the waiting one is answered ``overload`` and the new one
+takes its place in the queue (that leg's hop widens, no leg loses its turn), and windows
+waiting longer than ``max_lag_s`` are answered ``overload`` - lag never grows without bound.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from . import metrics
+from . import metrics, streaming
 from .config import EngineConfig, PipelineConfig
-from .dsp.resample import resample
+from .dsp.resample import StreamResampler
 from .models.loader import Classifier
 from .vad import voiced_ratio
 
 log = logging.getLogger(__name__)
 
 RATE = 8000
-MIN_FINAL_S = 1.0
+MIN_FINAL_S = 1.0  # a leg too short for a full window is scored on close if it has this much
 
 
 @dataclass
 class WindowResult:
+    """The outcome of one window of one leg; ``probs`` is None when ``skipped`` says why."""
+
     leg_id: str
     start_s: float
     end_s: float
@@ -38,23 +47,58 @@ class WindowResult:
     latency_ms: float
 
 
-@dataclass
+class Ring:
+    """Fixed-capacity buffer of the most recent samples."""
+
+    def __init__(self, capacity: int, dtype: type) -> None:
+        self.buf = np.zeros(capacity, dtype=dtype)
+        self.total = 0  # samples ever written
+
+    def write(self, x: np.ndarray) -> None:
+        x = x[-len(self.buf):]
+        pos = self.total % len(self.buf)
+        head = min(len(x), len(self.buf) - pos)
+        self.buf[pos : pos + head] = x[:head]
+        self.buf[: len(x) - head] = x[head:]
+        self.total += len(x)
+
+    def last(self, n: int) -> np.ndarray:
+        """Copy of the newest ``n`` samples (n <= capacity and <= total)."""
+        end = self.total % len(self.buf)
+        idx = np.arange(end - n, end) % len(self.buf)
+        return self.buf[idx]
+
+
+@dataclass(eq=False)
 class _Window:
-    leg_id: str
-    start: int
+    leg: "_Leg"
+    seq: int
+    start: int  # 8 kHz sample index
     end: int
-    audio: np.ndarray
+    audio: np.ndarray  # float32 at the model's rate
+    audio_start: int  # model-rate index of audio[0]
     due: float
+    queued: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Leg:
+    leg_id: str
     on_result: Callable[[WindowResult], None]
-    buf: np.ndarray
-    total: int = 0
+    pcm: Ring
+    wave: Ring
+    resampler: StreamResampler
+    resampled: int = 0  # 8 kHz samples already passed to the resampler
     next_end: int = 0
-    pending: int = 0
+    next_seq: int = 0
+    delivered: int = 0
+    waiting: _Window | None = None
+    ready: dict[int, tuple[WindowResult, float]] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    cache: streaming.LegCache = field(default_factory=streaming.LegCache)
+
+    def nbytes(self) -> int:
+        return self.pcm.buf.nbytes + self.wave.buf.nbytes + self.cache.nbytes()
 
 
 class ScoringEngine:
@@ -62,10 +106,14 @@ class ScoringEngine:
 
     def __init__(self, classifier: Classifier, pipeline: PipelineConfig, cfg: EngineConfig) -> None:
         self.classifier, self.pipeline, self.cfg = classifier, pipeline, cfg
-        self.window = int(pipeline.window_s * RATE)
-        self.hop = int(pipeline.hop_s * RATE)
+        self.window = int(round(pipeline.window_s * RATE))
+        self.hop = int(round(pipeline.hop_s * RATE))
+        self.model_rate = classifier.sampling_rate
+        self.frontend = streaming.StreamingFrontEnd(classifier) if cfg.streaming and streaming.supports(classifier) else None
         self._legs: dict[str, _Leg] = {}
-        self._queue: asyncio.Queue[_Window] = asyncio.Queue()
+        self._queue: deque[_Window] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emovoice-infer")
         self._worker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -75,100 +123,139 @@ class ScoringEngine:
         if self._worker:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def live_legs(self) -> int:
+        return len(self._legs)
+
+    def leg_bytes(self, leg_id: str) -> int:
+        """Memory held by one leg's buffers and front-end cache."""
+        return self._legs[leg_id].nbytes()
 
     def open_leg(self, leg_id: str, on_result: Callable[[WindowResult], None]) -> None:
-        leg = _Leg(on_result, np.zeros(self.window, dtype=np.int16), next_end=self.window)
+        """Start buffering a leg; its results go to ``on_result``."""
+        if leg_id in self._legs:
+            raise ValueError(f"leg {leg_id} is already open")
+        model_window = int(np.ceil(self.window * self.model_rate / RATE))
+        leg = _Leg(leg_id, on_result, Ring(self.window, np.int16), Ring(model_window, np.float32),
+                   StreamResampler(RATE, self.model_rate), next_end=self.window)
         leg.idle.set()
         self._legs[leg_id] = leg
 
     def push(self, leg_id: str, pcm: np.ndarray) -> None:
-        """Append int16 8 kHz audio; queues every window that becomes due."""
-        leg = self._legs[leg_id]
-        pcm = pcm[-self.window:]
-        leg.buf = np.concatenate([leg.buf[len(pcm):], pcm])
-        leg.total += len(pcm)
-        if leg.total >= leg.next_end:
-            self._enqueue(leg_id, leg, leg.total - self.window, leg.total, leg.buf.copy())
-            while leg.next_end <= leg.total:
+        """Append int16 8 kHz audio; every window it completes becomes due."""
+        leg = self._legs.get(leg_id)
+        if leg is None:
+            raise KeyError(f"push to leg {leg_id!r}, which is not open")
+        pcm = np.asarray(pcm)
+        if pcm.dtype != np.int16 or pcm.ndim != 1:
+            raise ValueError(f"leg audio must be 1-D int16 at 8 kHz, got {pcm.dtype} shape {pcm.shape}")
+        while len(pcm):
+            take = min(len(pcm), leg.next_end - leg.pcm.total)
+            leg.pcm.write(pcm[:take])
+            pcm = pcm[take:]
+            if leg.pcm.total == leg.next_end:
+                self._window_due(leg, leg.next_end - self.window, leg.next_end)
                 leg.next_end += self.hop
 
-    def _enqueue(self, leg_id: str, leg: _Leg, start: int, end: int, audio: np.ndarray) -> None:
-        leg.pending += 1
-        leg.idle.clear()
-        self._queue.put_nowait(_Window(leg_id, max(start, 0), end, audio, time.monotonic()))
-
     async def close_leg(self, leg_id: str) -> None:
-        """Score a final partial window for a leg too short for a full one, wait for its results, drop it."""
+        """Score what is due (and a short leg's only, partial window), wait for the results, drop the leg."""
         leg = self._legs.get(leg_id)
         if leg is None:
             return
-        if leg.total < self.window and leg.total >= MIN_FINAL_S * RATE:
-            self._enqueue(leg_id, leg, 0, leg.total, leg.buf[-leg.total:].copy())
+        if leg.next_seq == 0 and leg.pcm.total >= MIN_FINAL_S * RATE:
+            self._window_due(leg, 0, leg.pcm.total)
         await leg.idle.wait()
         del self._legs[leg_id]
 
+    def _window_due(self, leg: _Leg, start: int, end: int) -> None:
+        new = leg.pcm.last(end - leg.resampled)
+        if len(new):
+            leg.wave.write(leg.resampler.process(new) / np.float32(32768.0))
+            leg.resampled = end
+        now = time.monotonic()
+        seq, leg.next_seq = leg.next_seq, leg.next_seq + 1
+        leg.idle.clear()
+        if voiced_ratio(leg.pcm.last(end - start), RATE, self.pipeline.vad_energy_dbfs) < self.pipeline.vad_min_voiced:
+            self._finish(leg, seq, start, end, None, "silence", now)
+            return
+        n = min(leg.wave.total, int(round((end - start) * self.model_rate / RATE)))
+        window = _Window(leg, seq, start, end, leg.wave.last(n), leg.wave.total - n, now)
+        stale = leg.waiting
+        if stale is not None and now - stale.due > self.pipeline.hop_s / 2:
+            self._finish(leg, stale.seq, stale.start, stale.end, None, "overload", stale.due)
+            window.queued = stale.queued
+            self._queue[self._queue.index(stale)] = window  # keeps the leg's place in line
+        else:
+            window.queued = now
+            self._queue.append(window)
+        leg.waiting = window
+        self._arrived.set()
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            try:
-                await self._score(batch)
-            except Exception:  # a model failure must not stop scoring for every other call
-                log.exception("scoring a batch of %d windows failed", len(batch))
-                self._deliver([(w, None, "error") for w in batch], time.monotonic())
-
-    async def _next_batch(self) -> list[_Window]:
-        batch = [await self._queue.get()]
-        deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
-        while len(batch) < self.cfg.max_batch:
-            try:
-                timeout = max(deadline - time.monotonic(), 0)
-                batch.append(await asyncio.wait_for(self._queue.get(), timeout) if timeout else self._queue.get_nowait())
-            except (asyncio.TimeoutError, asyncio.QueueEmpty):
-                break
-        return batch
-
-    async def _score(self, batch: list[_Window]) -> None:
-        now = time.monotonic()
-        results: list[tuple[_Window, np.ndarray | None, str | None]] = []
-        todo: list[_Window] = []
-        for w in batch:
-            if now - w.due > self.cfg.max_lag_s:
-                results.append((w, None, "overload"))
-            elif voiced_ratio(w.audio, RATE, self.pipeline.vad_energy_dbfs) < self.pipeline.vad_min_voiced:
-                results.append((w, None, "silence"))
-            else:
-                todo.append(w)
-        if todo:
-            probs = await asyncio.to_thread(self._predict, [w.audio for w in todo])
-            results += [(w, p, None) for w, p in zip(todo, probs)]
-            metrics.BATCH_SIZE.observe(len(todo))
-        results.sort(key=lambda r: r[0].due)
-        self._deliver(results, now)
-
-    def _predict(self, audios: list[np.ndarray]) -> np.ndarray:
-        rate = self.classifier.sampling_rate
-        longest = max(len(a) for a in audios)
-        x = np.zeros((len(audios), int(longest * rate / RATE)), dtype=np.float32)
-        for i, a in enumerate(audios):
-            y = resample(a.astype(np.float32) / 32768.0, RATE, rate)
-            x[i, : len(y)] = y
-        return self.classifier.predict(x)
-
-    def _deliver(self, results: list[tuple[_Window, np.ndarray | None, str | None]], started: float) -> None:
-        done = time.monotonic()
-        for w, probs, skipped in results:
-            lag_ms = (done - w.due) * 1000
-            metrics.WINDOWS.labels(skipped or "scored").inc()
-            if skipped is None:
-                metrics.SCORING_LAG.observe(lag_ms / 1000)
-            leg = self._legs.get(w.leg_id)
-            if leg is None:
+            now = time.monotonic()
+            todo = []
+            for w in batch:
+                if w.leg.waiting is w:
+                    w.leg.waiting = None
+                if now - w.due > self.cfg.max_lag_s:
+                    self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
+                else:
+                    todo.append(w)
+            if not todo:
                 continue
             try:
-                leg.on_result(WindowResult(w.leg_id, w.start / RATE, w.end / RATE, probs, skipped, lag_ms))
+                probs = await loop.run_in_executor(self._executor, self._infer, todo)
+            except Exception:  # a model failure must not stop scoring for every other call
+                log.exception("scoring a batch of %d windows failed", len(todo))
+                probs = [None] * len(todo)
+            metrics.BATCH_SIZE.observe(len(todo))
+            for w, p in zip(todo, probs):
+                self._finish(w.leg, w.seq, w.start, w.end, p, None if p is not None else "error", w.due)
+
+    async def _next_batch(self) -> list[_Window]:
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = self._queue[0].queued + self.cfg.max_wait_ms / 1000
+        while len(self._queue) < self.cfg.max_batch and (left := deadline - time.monotonic()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        return [self._queue.popleft() for _ in range(min(self.cfg.max_batch, len(self._queue)))]
+
+    def _infer(self, batch: list[_Window]) -> np.ndarray:
+        """Runs in the inference thread: probabilities for each window, in batch order."""
+        if self.frontend is not None:
+            return self.frontend.predict([(w.leg.cache, w.audio, w.audio_start) for w in batch])
+        probs = np.zeros((len(batch), 3), dtype=np.float32)
+        by_length: dict[int, list[int]] = {}
+        for i, w in enumerate(batch):
+            by_length.setdefault(len(w.audio), []).append(i)
+        for idx in by_length.values():
+            probs[idx] = self.classifier.predict(np.stack([batch[i].audio for i in idx]))
+        return probs
+
+    def _finish(self, leg: _Leg, seq: int, start: int, end: int, probs: np.ndarray | None,
+                skipped: str | None, due: float) -> None:
+        """Record a window's result and deliver every result of the leg that is now in order."""
+        metrics.WINDOWS.labels(skipped or "scored").inc()
+        leg.ready[seq] = (WindowResult(leg.leg_id, start / RATE, end / RATE, probs, skipped, 0.0), due)
+        while leg.delivered in leg.ready:
+            result, due = leg.ready.pop(leg.delivered)
+            leg.delivered += 1
+            result.latency_ms = (time.monotonic() - due) * 1000
+            if result.skipped is None:
+                metrics.SCORING_LAG.observe(result.latency_ms / 1000)
+            try:
+                leg.on_result(result)
             except Exception:  # one leg's failing consumer must not lose other legs' results
-                log.exception("result handler of leg %s failed", w.leg_id)
-            finally:
-                leg.pending -= 1
-                if leg.pending == 0:
-                    leg.idle.set()
+                log.exception("result handler of leg %s failed", leg.leg_id)
+        if leg.delivered == leg.next_seq:
+            leg.idle.set()

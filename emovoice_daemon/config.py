@@ -49,6 +49,13 @@ def one_of(*choices: str) -> Check:
     return check
 
 
+def each(check: Check) -> Check:
+    """Apply ``check`` to every item of a list value."""
+    def check_all(values: Any) -> str | None:
+        return next((f"{v!r}: {p}" for v in values if (p := check(v))), None)
+    return check_all
+
+
 def networks(value: Any) -> str | None:
     for net in value:
         try:
@@ -207,6 +214,56 @@ class DebugConfig:
 
 
 @dataclass
+class RtpConfig:
+    host: str = _f("127.0.0.1", doc="UDP address ExternalMedia RTP is received on (used when ari is enabled)")
+    port: int = _f(40000, port)
+    advertise: str = _f("", doc="host:port Asterisk sends RTP to; empty = host:port")
+    jitter_depth: int = _f(3, non_negative, "packets a late packet may be waited for (20 ms each)")
+    stream_timeout_s: float = _f(5.0, positive, "end a stream whose packets stop this long")
+
+
+@dataclass
+class AriConfig:
+    enabled: bool = _f(False)
+    url: str = _f("http://127.0.0.1:8088/ari", doc="ARI base URL (http.conf + ari.conf)")
+    username: str = _f("emovoice")
+    password: str = _f("", doc="or password_file / EMOVOICE_ARI_PASSWORD")
+    password_file: str = _f("")
+    app: str = _f("emovoice", doc="Stasis application name used in the dialplan")
+    format: str = _f("slin16", one_of("ulaw", "alaw", "slin16"), "ExternalMedia RTP format")
+    directions: list[str] = _f(["in", "out"], each(one_of("in", "out")),
+                               "snoop directions: in = customer voice, out = what the customer hears")
+    channel_role: str = _f("customer", one_of("customer", "agent"), "whose channel enters Stasis")
+    id_prefix: str = _f("emovoice-", doc="prefix of the snoop/ExternalMedia/bridge ids we create (orphan clean-up)")
+    reconnect_max_s: float = _f(30.0, positive, "longest back-off between WebSocket reconnects")
+
+
+@dataclass
+class SipConfig:
+    enabled: bool = _f(False)
+    host: str = _f("127.0.0.1", doc="SIP/RTP bind address; loopback unless you mean it")
+    rtp_port_low: int = _f(10000, port)  # before `port`, which shadows the check in this class body
+    rtp_port_high: int = _f(10100, port)
+    port: int = _f(5070, port)
+    server: str = _f("", doc="PBX host[:port]: registrar, and where SIP answers are sent")
+    register: bool = _f(True, doc="REGISTER with server; false = only accept INVITEs (from 'allow')")
+    username: str = _f("emovoice", doc="extension to register as")
+    password: str = _f("", doc="or password_file / EMOVOICE_SIP_PASSWORD")
+    password_file: str = _f("")
+    allow: list[str] = _f(LOOPBACK, networks, "PBX networks INVITEs are accepted from")
+    role: str = _f("customer", one_of("mixed", "customer", "agent"), "role of the received audio")
+
+
+@dataclass
+class CuesConfig:
+    enabled: bool = _f(True, doc="behavioural cues on calls with separate customer and agent legs")
+    talk_over_min_s: float = _f(1.0, positive, "both legs voiced this long is one talk-over")
+    long_silence_s: float = _f(5.0, positive, "both legs silent this long is one long silence")
+    escalate_talk_over_negative: float = _f(0.6, probability, "raise a cue when the agent talks over a customer "
+                                           "whose smoothed NEGATIVE is at least this (1 = never)")
+
+
+@dataclass
 class Config:
     audiosocket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -219,6 +276,10 @@ class Config:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    rtp: RtpConfig = field(default_factory=RtpConfig)
+    ari: AriConfig = field(default_factory=AriConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    cues: CuesConfig = field(default_factory=CuesConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
 

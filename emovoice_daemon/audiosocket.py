@@ -158,6 +158,9 @@ class Connection:
         except asyncio.CancelledError:
             reason = "shutdown"
             raise
+        except Exception:  # a bug met by one call must not escape: log it, close this connection only
+            metrics.AUDIOSOCKET_ERRORS.labels("internal").inc()
+            log.exception("audiosocket %s: internal error; closing this connection", self.peer)
         finally:
             if keepalive:
                 keepalive.cancel()

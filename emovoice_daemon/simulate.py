@@ -7,6 +7,7 @@ frame). Whatever the server sends back is read and discarded, as Asterisk would 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,8 @@ async def play_call(host: str, port: int, pcm: np.ndarray, call_id: str | None =
     finally:
         drain.cancel()
         writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
     return CallResult(call_id, sent)
 
 

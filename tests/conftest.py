@@ -1,0 +1,144 @@
+"""Fixtures shared by every test area: real peers' audio, free ports, a daemon subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO / ".." / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared, or skip the test saying what is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"../shared not present: {'/'.join(parts)} is needed")
+    return path
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def espeak(text: str, path: Path, voice: str = "en-us", rate_wpm: int = 160) -> Path:
+    """Speech from espeak-ng, converted to 8 kHz mono 16-bit WAV with sox."""
+    if not shutil.which("espeak-ng") or not shutil.which("sox"):
+        pytest.skip("espeak-ng and sox are needed (./dev test installs them)")
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate_wpm), "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_8k(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """About 6 s of espeak-ng speech as 8 kHz int16."""
+    import soundfile as sf
+
+    path = espeak("Hello, I am calling about my bill. It is wrong again and I would like it fixed today, please.",
+                  tmp_path_factory.mktemp("speech") / "speech.wav")
+    pcm, rate = sf.read(path, dtype="int16")
+    assert rate == 8000
+    return pcm
+
+
+@dataclass
+class DaemonProcess:
+    """A daemon running as a subprocess on free loopback ports."""
+
+    proc: subprocess.Popen[bytes]
+    audiosocket_port: int
+    api_port: int
+    token: str
+    log_path: Path
+    stderr_path: Path
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}")
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def events(self) -> list[dict]:
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> list[dict]:
+        """Poll the JSONL log until ``predicate(events)`` holds; fail with the daemon's stderr if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.events()
+            if predicate(events):
+                return events
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"condition not met in {timeout}s; daemon stderr:\n{self.stderr_path.read_text()[-3000:]}")
+
+
+def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None = None) -> DaemonProcess:
+    """Run ``emovoice-daemon run`` with a temp config and wait until /health answers."""
+    as_port, api_port = free_port(), free_port()
+    config = {"audiosocket": {"port": as_port}, "api": {"port": api_port, "token": "test-token"},
+              "events": {"log_path": str(tmp_path / "events.jsonl")}}
+    for section, values in (overrides or {}).items():
+        config.setdefault(section, {}).update(values)
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    stderr_path = tmp_path / "daemon.stderr"
+    proc = subprocess.Popen([sys.executable, "-m", "emovoice_daemon.cli", "run", "-c", str(cfg_path)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(stderr_path, "wb"),
+                            env={**os.environ, **(env or {})})
+    daemon = DaemonProcess(proc, as_port, api_port, config["api"]["token"], tmp_path / "events.jsonl", stderr_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited {proc.returncode}:\n{stderr_path.read_text()[-3000:]}")
+        try:
+            if daemon.get("/health")[0] == 200:
+                return daemon
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"daemon not healthy in 60 s:\n{stderr_path.read_text()[-3000:]}")
+
+
+def stop_daemon(daemon: DaemonProcess) -> None:
+    if daemon.proc.poll() is None:
+        daemon.proc.terminate()
+        try:
+            daemon.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A running daemon on the untrained placeholder model (or the shipped default when present)."""
+    d = start_daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        stop_daemon(d)

@@ -5,7 +5,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -49,9 +48,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     config = _load_or_exit(args.config)
-    samples = sorted(resources.files("emovoice_daemon").joinpath("samples").iterdir(), key=str)
-    asyncio.run(run_demo(config, [Path(str(s)) for s in samples if str(s).endswith(".wav")],
-                         args.calls, args.duration))
+    samples = sorted((Path(__file__).parent / "samples").glob("*.wav"))
+    asyncio.run(run_demo(config, samples, args.calls, args.duration))
     return 0
 
 

@@ -1,0 +1,3 @@
+"""EmoVoice: real-time caller-emotion scoring and escalation for Asterisk call centres."""
+
+__version__ = "0.1.0"

@@ -31,3 +31,7 @@ SCORING_LAG = Histogram("emovoice_scoring_lag_seconds", "From window due to resu
 WEBHOOK_DELIVERIES = Counter("emovoice_webhook_deliveries_total", "Webhook deliveries by outcome (sent, failed, "
                              "dropped)", ["outcome"], registry=REGISTRY)
 AGENT_CONNECTIONS = Gauge("emovoice_agent_connections", "Agent notifier WebSocket connections", registry=REGISTRY)
+SIP_CALLS = Counter("emovoice_sip_calls_total", "SIP INVITEs by outcome (answered, refused, no_codec)", ["outcome"],
+                    registry=REGISTRY)
+EVENTLOG_ERRORS = Counter("emovoice_eventlog_write_errors_total", "Events the JSONL log could not write (disk full, I/O "
+                          "error)", registry=REGISTRY)

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from .api import build_app
+from .ari import AriController
 from .audiosocket import AudioSocketServer
 from .calls import CallManager
 from .config import Config, read_secret
@@ -22,6 +23,8 @@ from .history import CallHistory
 from .models.loader import Classifier, load_classifier
 from .notifier import AgentNotifier
 from .policy import EscalationPolicy, profile_for
+from .rtp import RtpReceiver
+from .sip import SipEndpoint
 from .webhook import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,9 @@ class Daemon:
         self.history: CallHistory | None = None
         self.notifier: AgentNotifier | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.rtp: RtpReceiver | None = None
+        self.ari: AriController | None = None
+        self.sip: SipEndpoint | None = None
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -64,9 +70,27 @@ class Daemon:
         self.audiosocket = AudioSocketServer(cfg.audiosocket, self.calls)
         if cfg.audiosocket.enabled:
             await self.audiosocket.start()
+        await self._start_telephony()
         if cfg.api.enabled:
             await self._start_api()
         log.info("emovoice daemon ready (model %s, trained=%s)", self.classifier.name, self.classifier.trained)
+
+    async def _start_telephony(self) -> None:
+        """ARI (with its RTP receiver) and the SIP endpoint, each when its section is enabled."""
+        cfg = self.config
+        if cfg.ari.enabled:
+            self.rtp = RtpReceiver(cfg.rtp.stream_timeout_s, cfg.rtp.jitter_depth)
+            await self.rtp.start(cfg.rtp.host, cfg.rtp.port)
+            self.ari = AriController(cfg.ari, cfg.rtp, self.calls, self.rtp)
+            await self.ari.start()
+        if cfg.sip.enabled:
+            self.sip = SipEndpoint(cfg.sip, self.calls, cfg.rtp.jitter_depth)
+            await self.sip.start()
+
+    async def _stop_telephony(self) -> None:
+        for component in (self.sip, self.ari, self.rtp):
+            if component is not None:
+                await component.stop()
 
     def _start_escalation_outputs(self) -> None:
         """Call history, agent notifier, webhook and the ARI escalation hook, all fed as bus sinks."""
@@ -115,6 +139,7 @@ class Daemon:
         """Stop accepting calls, end live legs (scoring what is buffered), close everything."""
         await self.audiosocket.stop_accepting()
         await self.audiosocket.close_all()
+        await self._stop_telephony()
         await self.calls.end_all("shutdown")
         await self.engine.stop()
         if self.history is not None:

@@ -203,8 +203,15 @@ class HistoryConfig:
 @dataclass
 class EventsConfig:
     log_path: str = _f("events.jsonl", doc="append-only JSONL event log")
-    rotate_bytes: int = _f(100_000_000, positive)
+    rotate_bytes: int = _f(100_000_000, positive, "rotate the log when it would grow past this")
+    rotate_keep: int = _f(5, non_negative, "rotated files kept (<log>.1 .. <log>.N); 0 = delete on rotation")
+    fsync_interval_s: float = _f(1.0, non_negative, "fsync the log at most this often (and always at shutdown)")
     subscriber_queue: int = _f(1000, positive, "events buffered per WebSocket client")
+
+
+@dataclass
+class ServiceConfig:
+    drain_timeout_s: float = _f(10.0, positive, "SIGTERM: longest wait for live calls to be scored and logged")
 
 
 @dataclass
@@ -275,6 +282,7 @@ class Config:
     notifier: NotifierConfig = field(default_factory=NotifierConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
     ari: AriConfig = field(default_factory=AriConfig)

@@ -5,12 +5,12 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import time
 from typing import Any
 
 from aiohttp import web
 
+from . import lifecycle
 from .api import build_app
 from .ari import AriController
 from .audiosocket import AudioSocketServer
@@ -42,7 +42,6 @@ class Daemon:
             log.warning("no api.token configured: generated one for this run: %s", self.api_token)
         self.bus = EventBus(config.events.subscriber_queue)
         self.started_at = time.time()
-        self._stopped = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.api_address = ""
         self.history: CallHistory | None = None
@@ -60,7 +59,8 @@ class Daemon:
         cfg = self.config
         if self.classifier is None:
             self.classifier = await asyncio.to_thread(load_classifier, cfg.model)
-        self.event_log = EventLog(cfg.events.log_path)
+        self.event_log = EventLog(cfg.events.log_path, cfg.events.rotate_bytes, cfg.events.rotate_keep,
+                                  cfg.events.fsync_interval_s)
         self.bus.add_sink(self.event_log.write)
         self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
@@ -154,14 +154,9 @@ class Daemon:
         self.event_log.close()
         log.info("emovoice daemon stopped")
 
-    def request_stop(self) -> None:
-        self._stopped.set()
-
     async def run(self) -> None:
-        """Start, serve until SIGTERM/SIGINT, then stop."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        await self.start()
-        await self._stopped.wait()
-        await self.stop()
+        """Serve until SIGTERM/SIGINT (see lifecycle.serve); exits with a message when it cannot start."""
+        try:
+            await lifecycle.serve(self)
+        except lifecycle.StartupError as exc:
+            raise SystemExit(f"emovoice-daemon: cannot start: {exc}") from None

@@ -2,7 +2,7 @@
 
 ``ToneClassifier`` implements the engine's Classifier interface: NEGATIVE is the share of a
 window's energy above ``SPLIT_HZ``. ``tone_call`` builds call audio whose "mood" is scripted
-by tone frequency: a 400 Hz stretch scores NEUTRAL (~0.05 NEGATIVE), a 1500 Hz stretch
+by tone frequency: a 400 Hz stretch scores NEUTRAL (~0.05 NEGATIVE), a 1200 Hz stretch
 scores NEGATIVE (~0.95).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 RATE = 8000
 SPLIT_HZ = 1000.0
-CALM_HZ, ANGRY_HZ = 400.0, 1500.0
+CALM_HZ, ANGRY_HZ = 400.0, 1200.0  # both below the VAD zero-crossing limit (0.35 per sample)
 
 
 class ToneClassifier:
@@ -19,7 +19,7 @@ class ToneClassifier:
 
     name = "scripted-tone"
     trained = False
-    sampling_rate = RATE
+    sampling_rate = 16000  # the engine resamples 8 kHz legs to this, as for a real model
     labels = ("NEGATIVE", "NEUTRAL", "POSITIVE")
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

@@ -1,13 +1,17 @@
 """Fixtures of the operations tests: a fake systemd notify socket."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pytest
+
+from emovoice_daemon.simulate import audiosocket_frames
 
 
 class FakeSystemd:
@@ -64,3 +68,18 @@ def fake_systemd() -> Iterator[FakeSystemd]:
             yield fake
         finally:
             fake.sock.close()
+
+
+def windows_due(samples: int, window: int = 24000, hop: int = 8000) -> int:
+    """Windows the engine scores for a leg of ``samples`` 8 kHz samples (default 3 s window, 1 s hop)."""
+    if samples >= window:
+        return (samples - window) // hop + 1
+    return 1 if samples >= 8000 else 0
+
+
+async def open_call(port: int, call_id: str, pcm: np.ndarray) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect, send a whole call's frames at once and keep the connection open (the caller closes it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"".join(audiosocket_frames(call_id, pcm)))
+    await writer.drain()
+    return reader, writer

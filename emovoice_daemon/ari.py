@@ -21,7 +21,8 @@ import aiohttp
 
 from .calls import CallManager, Leg
 from .config import AriConfig, RtpConfig, read_secret
-from .rtp import Address, RtpReceiver
+from .cues import CallCues, CueTracker
+from .rtp import Address, AudioSink, RtpReceiver
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class CallTap:
     channel: dict[str, Any]
     legs: list[TapLeg] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cues: CallCues | None = None
     ended: bool = False
 
     def owns(self, channel_id: str) -> bool:
@@ -96,10 +98,12 @@ class CallTap:
 class AriController:
     """Keeps the events WebSocket connected and taps every call that enters the Stasis app."""
 
-    def __init__(self, cfg: AriConfig, rtp_cfg: RtpConfig, calls: CallManager, rtp: RtpReceiver) -> None:
+    def __init__(self, cfg: AriConfig, rtp_cfg: RtpConfig, calls: CallManager, rtp: RtpReceiver,
+                 cues: CueTracker | None = None) -> None:
         self.cfg = cfg
         self.calls = calls
         self.rtp = rtp
+        self.cues = cues
         self.external_host = rtp_cfg.advertise or f"{rtp_cfg.host}:{rtp_cfg.port}"
         self.taps: dict[str, CallTap] = {}
         self.connected = asyncio.Event()
@@ -201,6 +205,8 @@ class AriController:
             return
         tap = CallTap(call_id, channel)
         self.taps[call_id] = tap
+        if self.cues is not None and len(set(self.cfg.directions)) == 2:
+            tap.cues = self.cues.open(call_id)
         async with tap.lock:
             try:
                 for direction in self.cfg.directions:
@@ -226,7 +232,8 @@ class AriController:
                                           channelId=t.media_id)
         t.source = await self._rtp_source(media)
         t.leg = self.calls.start_leg(tap.call_id, role, "ari", {**meta, "snoop": direction})
-        self.rtp.add_stream(t.source, self.cfg.format, t.leg.feed, lambda: self._teardown(tap, "idle_timeout"))
+        self.rtp.add_stream(t.source, self.cfg.format, _sink(t.leg, role, tap.cues),
+                            lambda: self._teardown(tap, "idle_timeout"))
         await self.client.request("POST", "/bridges", type="mixing", bridgeId=t.bridge_id)
         await self.client.request("POST", f"/bridges/{t.bridge_id}/addChannel", channel=f"{t.snoop_id},{t.media_id}")
 
@@ -260,6 +267,8 @@ class AriController:
                 return
             del self.taps[tap.call_id]
             tap.ended = True
+            if self.cues is not None and (summary := self.cues.close(tap.call_id)):
+                log.info("call %s cues: %s", tap.call_id, summary)
             for t in tap.legs:
                 if t.source:
                     self.rtp.remove_stream(t.source)
@@ -287,3 +296,14 @@ class AriController:
             if bid.startswith(prefix) and bid not in live:
                 log.info("deleting orphaned ARI bridge %s", bid)
                 await self.client.delete_quietly(f"/bridges/{bid}")
+
+
+def _sink(leg: Leg, role: str, cues: CallCues | None) -> AudioSink:
+    """Where a role's decoded RTP goes: the leg, and the call's cues when both roles are tapped."""
+    if cues is None:
+        return leg.feed
+
+    def feed(pcm: Any) -> None:
+        leg.feed(pcm)
+        cues.feed(role, pcm)
+    return feed

@@ -16,6 +16,7 @@ from .ari import AriController
 from .audiosocket import AudioSocketServer
 from .calls import CallManager
 from .config import Config, read_secret
+from .cues import CueTracker
 from .engine import ScoringEngine
 from .eventlog import EventLog
 from .events import Event, EventBus
@@ -81,7 +82,10 @@ class Daemon:
         if cfg.ari.enabled:
             self.rtp = RtpReceiver(cfg.rtp.stream_timeout_s, cfg.rtp.jitter_depth)
             await self.rtp.start(cfg.rtp.host, cfg.rtp.port)
-            self.ari = AriController(cfg.ari, cfg.rtp, self.calls, self.rtp)
+            cues = CueTracker(cfg.cues, cfg.pipeline.vad_energy_dbfs, self.bus) if cfg.cues.enabled else None
+            if cues is not None:
+                self.bus.add_sink(cues.sink)
+            self.ari = AriController(cfg.ari, cfg.rtp, self.calls, self.rtp, cues)
             await self.ari.start()
         if cfg.sip.enabled:
             self.sip = SipEndpoint(cfg.sip, self.calls, cfg.rtp.jitter_depth)

@@ -35,3 +35,13 @@ SIP_CALLS = Counter("emovoice_sip_calls_total", "SIP INVITEs by outcome (answere
                     registry=REGISTRY)
 EVENTLOG_ERRORS = Counter("emovoice_eventlog_write_errors_total", "Events the JSONL log could not write (disk full, I/O "
                           "error)", registry=REGISTRY)
+CUE_TALK_OVERS = Counter("emovoice_cue_talk_overs_total", "Talk-overs (both legs voiced >= cues.talk_over_min_s)",
+                         registry=REGISTRY)
+CUE_TALK_OVER_SECONDS = Counter("emovoice_cue_talk_over_seconds_total", "Seconds both legs of a call were voiced",
+                                registry=REGISTRY)
+CUE_LONG_SILENCES = Counter("emovoice_cue_long_silences_total", "Silences of both legs >= cues.long_silence_s",
+                            registry=REGISTRY)
+CUE_LOUDNESS_DIFF = Histogram("emovoice_cue_agent_minus_customer_db", "Per call: agent minus customer voiced level",
+                              buckets=(-20, -10, -6, -3, 0, 3, 6, 10, 20), registry=REGISTRY)
+CUE_PACE = Histogram("emovoice_cue_voiced_segments_per_minute", "Per call and role: voiced segments per minute",
+                     ["role"], buckets=(5, 10, 20, 30, 45, 60, 90), registry=REGISTRY)

@@ -4,17 +4,19 @@ Their convolutional feature encoder is local (HuBERT-base: 25 ms receptive field
 stride), so each leg caches its encoder frames and each hop computes only the frames of
 the new audio; the transformer still sees the whole window. The one non-local piece is
 the first layer's GroupNorm (one group per channel: each channel normalised over the
-whole input). Here it uses the statistics of the *window being scored*, accumulated per
-computed chunk: a leg's first window is computed whole and is exact; later windows reuse
-frames normalised with the statistics of the window they were first computed for.
-Encoders with per-frame LayerNorm (``feat_extract_norm="layer"``) stream exactly.
+whole input). The first conv layer is cheap (about 1% of the encoder), so it runs over
+the whole window every hop and the window's statistics are exact; the new frames are
+then exactly those of a full-window pass. Cached frames were normalised with an earlier
+window's statistics: a cached chunk whose statistics drifted more than
+``DRIFT_TOLERANCE`` (speech after silence, a level change) is recomputed, the others are
+reused. Encoders with per-frame LayerNorm (``feat_extract_norm="layer"``) stream exactly.
 """
 from __future__ import annotations
 
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,8 +24,10 @@ from torch import nn
 
 from .models.loader import Classifier
 
+DRIFT_TOLERANCE = 0.05  # mean over channels of |Δmean|/std + |Δstd/std|: above it a cached chunk is recomputed
 
-def _base_model(model: nn.Module) -> nn.Module | None:
+
+def _base_model(model: nn.Module | None) -> nn.Module | None:
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
     encoder = getattr(base, "feature_extractor", None)
     return base if isinstance(getattr(encoder, "conv_layers", None), nn.ModuleList) else None
@@ -39,8 +43,7 @@ def supports(classifier: Classifier) -> bool:
     base = _base_model(classifier.model)
     if base is None:
         return False
-    first = base.feature_extractor.conv_layers[0]
-    norm = _group_norm(first)
+    norm = _group_norm(base.feature_extractor.conv_layers[0])
     if norm is not None:  # per-channel GroupNorm also cancels per-window input normalisation
         return norm.num_groups == norm.num_channels
     return not classifier.normalize_input
@@ -58,13 +61,12 @@ def encoder_geometry(conv_layers: nn.ModuleList) -> tuple[int, int]:
 
 @dataclass
 class _Chunk:
-    """First-layer statistics of one computed chunk of frames [start, end)."""
+    """A run of cached frames [start, end) and the first-layer statistics it was normalised with."""
 
     start: int
     end: int
-    count: int
-    total: torch.Tensor  # per-channel sum (float64)
-    squares: torch.Tensor  # per-channel sum of squares (float64)
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
 
 
 @dataclass
@@ -74,6 +76,8 @@ class LegCache:
     frames: torch.Tensor | None = None
     first: int = 0
     chunks: deque[_Chunk] = field(default_factory=deque)
+    computed: int = 0  # frames computed (new or recomputed), for the cost figures
+    recomputed: int = 0  # of which recomputed because their normalisation drifted
 
     @property
     def next_frame(self) -> int:
@@ -82,14 +86,33 @@ class LegCache:
     def nbytes(self) -> int:
         return 0 if self.frames is None else self.frames.element_size() * self.frames.nelement()
 
+    def store(self, first: int, frames: torch.Tensor) -> None:
+        """Put frames [first, first + n) in the cache: appended when new, overwritten when recomputed."""
+        self.computed += frames.shape[1]
+        if self.frames is None:
+            self.frames, self.first = frames, first
+            return
+        at = first - self.first
+        self.frames = torch.cat([self.frames[:, :at], frames, self.frames[:, at + frames.shape[1] :]], dim=1)
+
+    def trim(self, first: int) -> None:
+        """Forget frames and chunks before ``first``."""
+        while self.chunks and self.chunks[0].end <= first:
+            self.chunks.popleft()
+        if self.frames is not None and first > self.first:
+            self.frames, self.first = self.frames[:, first - self.first :], first
+
 
 @dataclass
 class _Work:
+    """One window of one leg: the frames it spans and the first one not cached yet."""
+
     cache: LegCache
-    f_start: int  # first frame of the window
-    f_end: int  # one past its last frame
-    f_new: int  # first frame to compute
-    chunk: np.ndarray  # the samples those frames need
+    audio: np.ndarray
+    start: int  # global sample index of audio[0]
+    f_start: int
+    f_end: int
+    f_new: int
 
 
 class _Fixed(nn.Module):
@@ -104,7 +127,7 @@ class _Fixed(nn.Module):
 
 
 class StreamingFrontEnd:
-    """Scores windows of many legs, computing only each leg's new encoder frames."""
+    """Scores windows of many legs, computing only each leg's new (or drifted) encoder frames."""
 
     def __init__(self, classifier: Classifier) -> None:
         base = _base_model(classifier.model)
@@ -114,6 +137,7 @@ class StreamingFrontEnd:
         self.layers = base.feature_extractor.conv_layers
         self.norm = _group_norm(self.layers[0])
         self.field, self.stride = encoder_geometry(self.layers)
+        self.stride0 = self.layers[0].conv.stride[0]
 
     def frame_span(self, start: int, end: int) -> tuple[int, int]:
         """Global frames lying wholly inside samples [start, end)."""
@@ -143,10 +167,11 @@ class StreamingFrontEnd:
             rounds[k].append(i)
         for idx in rounds:
             work = [self._plan(*jobs[i]) for i in idx]
-            for group in _groups(work, lambda w: len(w.chunk)):
-                self._encode(group)
+            for group in _group_indices(work, lambda w: len(w.audio)):
+                self._encode([work[i] for i in group])
             for i, w in zip(idx, work):
-                frames[i] = w.cache.frames[:, w.f_start - w.cache.first : w.f_end - w.cache.first]
+                w.cache.trim(w.f_start)
+                frames[i] = w.cache.frames[:, : w.f_end - w.f_start].clone()
         return frames
 
     def _plan(self, cache: LegCache, audio: np.ndarray, start: int) -> _Work:
@@ -156,47 +181,53 @@ class StreamingFrontEnd:
         if not f_start <= cache.next_frame <= f_end:  # gap or rewind: recompute the window whole
             cache.frames, cache.first = None, f_start
             cache.chunks.clear()
-        f_new = cache.next_frame
-        lo = f_new * self.stride - start  # to the window's end, as a full-window pass sees it
-        return _Work(cache, f_start, f_end, f_new, audio[lo:] if f_end > f_new else audio[:0])
+        return _Work(cache, audio, start, f_start, f_end, cache.next_frame)
 
     def _encode(self, group: list[_Work]) -> None:
-        """Compute and cache the new frames of equal-length chunks in one batch."""
-        if len(group[0].chunk) == 0:
+        """Compute the new frames of equal-length windows, and recompute drifted chunks."""
+        x = self.classifier.to_device(np.stack([w.audio for w in group]))[:, None, :]
+        if self.norm is None:  # per-frame normalisation: the new frames alone are exact
+            for row, w in enumerate(group):
+                if w.f_end > w.f_new:
+                    lo, hi = w.f_new * self.stride - w.start, (w.f_end - 1) * self.stride + self.field - w.start
+                    w.cache.store(w.f_new, self._layers(self.layers, x[row : row + 1, :, lo:hi])[0])
             return
-        x = self.classifier.to_device(np.stack([w.chunk for w in group]))[:, None, :]
-        layers = self.layers
-        h = x
-        if self.norm is not None:
-            h = layers[0].activation(self._normalise(layers[0].conv(x).float(), group))
-            layers = layers[1:]
+        h = self.layers[0].conv(x).float()  # whole windows: exact statistics
+        mean = h.mean(-1)
+        std = torch.sqrt(h.var(-1, unbiased=False) + self.norm.eps)
+        todo: list[tuple[int, _Work, int, int]] = []  # (row, work, first, end frame) runs to compute
+        for row, w in enumerate(group):
+            for chunk in w.cache.chunks:
+                drift = ((chunk.mean - mean[row]).abs() / std[row] + (chunk.std / std[row] - 1).abs()).mean()
+                if chunk.end > w.f_start and drift > DRIFT_TOLERANCE:
+                    todo.append((row, w, max(chunk.start, w.f_start), chunk.end))
+                    w.cache.recomputed += chunk.end - max(chunk.start, w.f_start)
+                    chunk.mean, chunk.std = mean[row], std[row]
+            if w.f_end > w.f_new:
+                w.cache.chunks.append(_Chunk(w.f_new, w.f_end, mean[row], std[row]))
+                todo.append((row, w, w.f_new, w.f_end))
+        for batch in _group_indices(todo, lambda t: t[3] - t[2]):
+            rows = [todo[i][0] for i in batch]
+            lo = [(todo[i][2] * self.stride - todo[i][1].start) // self.stride0 for i in batch]
+            n = self._positions(todo[batch[0]][3] - todo[batch[0]][2])
+            h_runs = torch.stack([h[r, :, a : a + n] for r, a in zip(rows, lo)])
+            y = (h_runs - mean[rows][..., None]) / std[rows][..., None]
+            y = self.layers[0].activation(y * self.norm.weight[:, None] + self.norm.bias[:, None])
+            out = self._layers(self.layers[1:], y)
+            for i, frames in zip(batch, out):
+                _, w, first, end = todo[i]
+                w.cache.store(first, frames[:, : end - first])
+
+    def _positions(self, n_frames: int) -> int:
+        """First-layer outputs that ``n_frames`` encoder frames depend on."""
+        k0 = self.layers[0].conv.kernel_size[0]
+        return ((n_frames - 1) * self.stride + self.field - k0) // self.stride0 + 1
+
+    @staticmethod
+    def _layers(layers: Any, h: torch.Tensor) -> torch.Tensor:
         for layer in layers:
             h = layer(h)
-        for w, frames in zip(group, h.float()):
-            frames = frames[:, : w.f_end - w.f_new]
-            c = w.cache
-            c.frames = frames if c.frames is None else torch.cat([c.frames, frames], dim=1)
-            keep = c.frames.shape[1] - (w.f_end - w.f_start)
-            if keep > 0:  # drop frames older than this window
-                c.frames, c.first = c.frames[:, keep:], c.first + keep
-
-    def _normalise(self, h: torch.Tensor, group: list[_Work]) -> torch.Tensor:
-        """GroupNorm (one group per channel) with statistics of each job's whole window."""
-        total, squares = h.double().sum(-1), (h.double() ** 2).sum(-1)
-        means, stds = [], []
-        for i, w in enumerate(group):
-            chunks = w.cache.chunks
-            chunks.append(_Chunk(w.f_new, w.f_end, h.shape[-1], total[i], squares[i]))
-            while chunks and chunks[0].end <= w.f_start:
-                chunks.popleft()
-            n = sum(c.count for c in chunks)
-            mean = sum(c.total for c in chunks) / n
-            var = (sum(c.squares for c in chunks) / n - mean**2).clamp(min=0.0)
-            means.append(mean)
-            stds.append(torch.sqrt(var + self.norm.eps))
-        mean = torch.stack(means).float()[..., None]
-        std = torch.stack(stds).float()[..., None]
-        return (h - mean) / std * self.norm.weight[:, None] + self.norm.bias[:, None]
+        return h.float()
 
     @contextmanager
     def _features(self, frames: torch.Tensor) -> Iterator[None]:
@@ -208,12 +239,9 @@ class StreamingFrontEnd:
             self.base.feature_extractor = original
 
 
-def _group_indices(items: list, key) -> list[list[int]]:  # type: ignore[no-untyped-def]
+def _group_indices(items: list[Any], key: Callable[[Any], int]) -> list[list[int]]:
+    """Indices of ``items`` grouped by equal ``key``, in first-seen order."""
     groups: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(key(item), []).append(i)
     return list(groups.values())
-
-
-def _groups(items: list[_Work], key) -> list[list[_Work]]:  # type: ignore[no-untyped-def]
-    return [[items[i] for i in idx] for idx in _group_indices(items, key)]

@@ -87,7 +87,7 @@ class _Leg:
     on_result: Callable[[WindowResult], None]
     pcm: Ring
     wave: Ring
-    resampler: StreamResampler
+    resampler: StreamResampler | None  # None when the model runs at 8 kHz
     resampled: int = 0  # 8 kHz samples already passed to the resampler
     next_end: int = 0
     next_seq: int = 0
@@ -139,7 +139,8 @@ class ScoringEngine:
             raise ValueError(f"leg {leg_id} is already open")
         model_window = int(np.ceil(self.window * self.model_rate / RATE))
         leg = _Leg(leg_id, on_result, Ring(self.window, np.int16), Ring(model_window, np.float32),
-                   StreamResampler(RATE, self.model_rate), next_end=self.window)
+                   StreamResampler(RATE, self.model_rate) if self.model_rate != RATE else None,
+                   next_end=self.window)
         leg.idle.set()
         self._legs[leg_id] = leg
 
@@ -172,7 +173,8 @@ class ScoringEngine:
     def _window_due(self, leg: _Leg, start: int, end: int) -> None:
         new = leg.pcm.last(end - leg.resampled)
         if len(new):
-            leg.wave.write(leg.resampler.process(new) / np.float32(32768.0))
+            wave = leg.resampler.process(new) if leg.resampler else new.astype(np.float32)
+            leg.wave.write(wave / np.float32(32768.0))
             leg.resampled = end
         now = time.monotonic()
         seq, leg.next_seq = leg.next_seq, leg.next_seq + 1

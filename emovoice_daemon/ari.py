@@ -27,8 +27,8 @@ from .rtp import Address, AudioSink, RtpReceiver
 log = logging.getLogger(__name__)
 
 OTHER_ROLE = {"customer": "agent", "agent": "customer"}
-DEFAULT_RTP_PORT_VAR = "UNICASTRTP_LOCAL_PORT"
-DEFAULT_RTP_ADDR_VAR = "UNICASTRTP_LOCAL_ADDRESS"
+RTP_PORT_VAR = "UNICASTRTP_LOCAL_PORT"
+RTP_ADDR_VAR = "UNICASTRTP_LOCAL_ADDRESS"
 ESCALATION_VAR = "EMOVOICE_ESCALATION"
 
 
@@ -240,11 +240,11 @@ class AriController:
     async def _rtp_source(self, media: dict[str, Any]) -> Address:
         """Where the ExternalMedia channel sends RTP from (response channelvars, else a variable GET)."""
         found = dict(media.get("channelvars") or {})
-        for var in (DEFAULT_RTP_ADDR_VAR, DEFAULT_RTP_PORT_VAR):
+        for var in (RTP_ADDR_VAR, RTP_PORT_VAR):
             if var not in found:  # Asterisk versions that omit channelvars from the response
                 reply = await self.client.request("GET", f"/channels/{media['id']}/variable", variable=var)
                 found[var] = reply["value"]
-        return found[DEFAULT_RTP_ADDR_VAR], int(found[DEFAULT_RTP_PORT_VAR])
+        return found[RTP_ADDR_VAR], int(found[RTP_PORT_VAR])
 
     async def _continue(self, call_id: str) -> None:
         try:

@@ -219,7 +219,8 @@ class RtpReceiver(asyncio.DatagramProtocol):
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self._transport = transport  # type: ignore[assignment]
         self._watchdog = asyncio.create_task(self._watch(), name="rtp-watchdog")
-        return transport.get_extra_info("sockname")[:2]
+        self.address: Address = transport.get_extra_info("sockname")[:2]
+        return self.address
 
     async def stop(self) -> None:
         if self._watchdog:
@@ -258,8 +259,8 @@ class RtpReceiver(asyncio.DatagramProtocol):
         try:
             reg.stream.receive(packet)
         except Exception:  # one stream's sink failing must not stop the others
-            log.exception("RTP stream from %s failed; removing it", addr)
-            self._streams.pop(_key(addr[:2]), None)
+            log.exception("RTP stream from %s failed; ending it", addr)
+            self._end(_key(addr[:2]), reg)
 
     def _finish(self, stream: RtpStream) -> None:
         try:
@@ -272,16 +273,19 @@ class RtpReceiver(asyncio.DatagramProtocol):
             await asyncio.sleep(min(1.0, self.timeout_s / 4))
             now = time.monotonic()
             for source, reg in list(self._streams.items()):
-                if now - reg.stream.last_seen < self.timeout_s:
-                    continue
-                del self._streams[source]
-                metrics.RTP_STREAM_TIMEOUTS.inc()
-                log.info("RTP stream from %s:%d timed out", *source)
-                self._finish(reg.stream)
-                if reg.on_timeout:
-                    task = asyncio.create_task(reg.on_timeout(), name=f"rtp-timeout-{source}")
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                if now - reg.stream.last_seen >= self.timeout_s:
+                    metrics.RTP_STREAM_TIMEOUTS.inc()
+                    log.info("RTP stream from %s:%d timed out", *source)
+                    self._finish(reg.stream)
+                    self._end(source, reg)
+
+    def _end(self, source: Address, reg: _Registration) -> None:
+        """Forget a stream and tell its owner (which ends the call)."""
+        self._streams.pop(source, None)
+        if reg.on_timeout:
+            task = asyncio.create_task(reg.on_timeout(), name=f"rtp-end-{source}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
 
 def _key(addr: Address | tuple) -> Address:

@@ -100,7 +100,7 @@ async def rig() -> AsyncIterator[tuple[FakeAri, TestServer, RtpReceiver]]:
 
 
 def _controller(server: TestServer, rtp: RtpReceiver, calls: RecordingCalls, **over: Any) -> AriController:
-    port = rtp._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+    port = rtp.address[1]
     cfg = AriConfig(enabled=True, url=str(server.make_url("/ari")), password="secret", format="ulaw", **over)
     return AriController(cfg, RtpConfig(host="127.0.0.1", port=port), calls, rtp)  # type: ignore[arg-type]
 

@@ -173,13 +173,19 @@ async def test_failing_sink_removes_only_its_stream(ulaw_packets: list[bytes]) -
     def explode(_: np.ndarray) -> None:
         raise RuntimeError("sink bug")
 
-    receiver.add_stream(bad.addr, "ulaw", explode)
+    ended: list[str] = []
+
+    async def end_bad() -> None:
+        ended.append("bad")
+
+    receiver.add_stream(bad.addr, "ulaw", explode, end_bad)
     receiver.add_stream(good.addr, "ulaw", got.append)
     try:
         for raw in ulaw_packets[:5]:
             bad.sock.sendto(raw, (host, port))
             good.sock.sendto(raw, (host, port))
         await _until(lambda: sum(map(len, got)) == 800)
+        await _until(lambda: ended == ["bad"])  # the failing stream's call is ended, the other goes on
     finally:
         await receiver.stop()
         bad.sock.close()

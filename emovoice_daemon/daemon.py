@@ -24,6 +24,7 @@ from .history import CallHistory
 from .models.loader import Classifier, load_classifier
 from .notifier import AgentNotifier
 from .policy import EscalationPolicy, profile_for
+from .recorder import RecordingEngine
 from .rtp import RtpReceiver
 from .sip import SipEndpoint
 from .webhook import WebhookSender
@@ -65,7 +66,8 @@ class Daemon:
         self.bus.add_sink(self.event_log.write)
         self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
-        self.calls = CallManager(self.engine, self.bus, lambda meta: EscalationPolicy(profile_for(cfg.escalation, meta)),
+        leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine
+        self.calls = CallManager(leg_engine, self.bus, lambda meta: EscalationPolicy(profile_for(cfg.escalation, meta)),
                                  self.model_info)
         self._start_escalation_outputs()
         self.audiosocket = AudioSocketServer(cfg.audiosocket, self.calls)

@@ -35,22 +35,27 @@ class StartupError(Exception):
     """The daemon cannot start; the message says why and what to check."""
 
 
-def listeners(config: Config) -> list[tuple[str, str, int]]:
-    """(config key, host, port) of every enabled TCP listener with a fixed port."""
+def listeners(config: Config) -> list[tuple[str, str, int, int]]:
+    """(config key, host, port, socket type) of every enabled listener with a fixed port."""
     out = []
-    if config.audiosocket.enabled and config.audiosocket.port:
-        out.append(("audiosocket.port", config.audiosocket.host, config.audiosocket.port))
-    if config.api.enabled and config.api.port:
-        out.append(("api.port", config.api.host, config.api.port))
-    return out
+    if config.audiosocket.enabled:
+        out.append(("audiosocket.port", config.audiosocket.host, config.audiosocket.port, socket.SOCK_STREAM))
+    if config.api.enabled:
+        out.append(("api.port", config.api.host, config.api.port, socket.SOCK_STREAM))
+    if config.ari.enabled:
+        out.append(("rtp.port", config.rtp.host, config.rtp.port, socket.SOCK_DGRAM))
+    if config.sip.enabled:
+        out.append(("sip.port", config.sip.host, config.sip.port, socket.SOCK_DGRAM))
+    return [listener for listener in out if listener[2]]
 
 
 def check_ports_free(config: Config) -> None:
     """Fail before the (slow) model load when a listener's port is taken, e.g. by a second daemon."""
-    for key, host, port in listeners(config):
+    for key, host, port, kind in listeners(config):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds: TIME_WAIT is fine
+        with socket.socket(family, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds: TIME_WAIT is fine
             try:
                 sock.bind((host, port))
             except OSError as exc:
@@ -111,7 +116,7 @@ async def serve(daemon: "Daemon") -> None:
     except EventLogError as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
-        raise StartupError(f"cannot listen: {exc}") from None
+        raise StartupError(f"{exc} (check the listener addresses and api.tls_cert/tls_key)") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, daemon, notify)

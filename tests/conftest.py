@@ -109,7 +109,8 @@ def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None
     proc = subprocess.Popen([sys.executable, "-m", "emovoice_daemon.cli", "run", "-c", str(cfg_path)],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(stderr_path, "wb"),
                             env={**os.environ, **(env or {})})
-    daemon = DaemonProcess(proc, as_port, api_port, config["api"]["token"], tmp_path / "events.jsonl", stderr_path)
+    daemon = DaemonProcess(proc, config["audiosocket"]["port"], config["api"]["port"], config["api"]["token"],
+                           tmp_path / "events.jsonl", stderr_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

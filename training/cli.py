@@ -26,12 +26,18 @@ def _log_to(path: Path | None):
 
 def cmd_run(args: argparse.Namespace) -> None:
     from training.config import load_config
-    from training.run import run
+    from training.run import finalize, run, run_folds
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load_config(args.config, overrides)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    run(cfg, _log_to(Path(cfg.output_dir) / "train.log"))
+    if args.folds is not None:
+        log = _log_to(Path(cfg.output_dir) / f"train-folds-{'-'.join(map(str, args.folds))}.log")
+        run_folds(cfg, args.folds, log)
+    elif args.finalize:
+        finalize(cfg, _log_to(Path(cfg.output_dir) / "finalize.log"))
+    else:
+        run(cfg, _log_to(Path(cfg.output_dir) / "train.log"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -59,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("run", help="speaker-fold evaluation, train the shipped model, export it")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=YAML", help="override a top-level config key")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--folds", type=int, nargs="+", help="only train/evaluate these folds (0-based; for parallel processes)")
+    step.add_argument("--finalize", action="store_true", help="only summarise existing fold results, ship and export")
     p.set_defaults(func=cmd_run)
     e = sub.add_parser("evaluate", help="score an exported model directory on a whole corpus")
     e.add_argument("--model", required=True)

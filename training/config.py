@@ -29,6 +29,7 @@ class EvalSettings:
     val_fraction: float = 0.1
     window_seconds: float = 3.0
     conditions: tuple[str, ...] = ("clean", "telephony")
+    negative_recall_target: float | None = None
 
 
 @dataclass

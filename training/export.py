@@ -28,7 +28,7 @@ def save_model_dir(model: PreTrainedModel, out_dir: Path, temperature: float, do
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.temperature = float(temperature)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir)
     Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=int(model.config.sampling_rate),

@@ -158,7 +158,7 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 if sched.last_epoch + 1 < sched.total_steps:
                     sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             n_seen += len(idx)
         val = classification_report(val_labels, predict_logits(model, val_waves, settings.eval_batch_size), labels_names)
         history.append({"epoch": epoch + 1, "train_loss": total / n_seen, "val_uar": val["uar"], "val_macro_f1": val["macro_f1"]})

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
+import emovoice_daemon.models  # noqa: F401  (registers the EmoVoice model types)
+from transformers import AutoModelForAudioClassification, PreTrainedModel
 
 from training.audio import AudioStore
 from training.calibration import fit_temperature
 from training.config import CorpusSpec, RunConfig
-from training.corpora import CLASSES, Utterance, load_corpus
+from training.corpora import CLASSES, NEGATIVE, Utterance, load_corpus
 from training.evaluate import condition_waves, evaluate, headline, metrics_table, save_confusions, summarize_folds
 from training.export import card_meta, render_card, save_model_dir
 from training.loop import Log, predict_logits
+from training.operating_point import recall_bias, shift_output
 from training.splits import holdout_speakers, speaker_folds
 
 TRAINER_MODULES = {"compact": "training.train_compact", "hubert": "training.train_hubert", "superb": "training.train_superb"}
@@ -61,85 +63,122 @@ def train_on(cfg: RunConfig, data: Corpus, indices: np.ndarray, seed: int, log: 
     model, history = trainer.train(
         cfg.model, [data.store[i] for i in tr], data.labels[tr], val_waves, data.labels[va], cfg.train, cfg.augment, seed, log
     )
-    temperature = fit_temperature(predict_logits(model, val_waves), data.labels[va])
+    val_logits = predict_logits(model, val_waves)
+    target = cfg.evaluation.negative_recall_target
+    if target is not None:
+        shift = recall_bias(val_logits, data.labels[va], CLASSES.index(NEGATIVE), target)
+        shift_output(model, CLASSES.index(NEGATIVE), shift)
+        val_logits[:, CLASSES.index(NEGATIVE)] += shift
+        log(f"NEGATIVE logit shifted by {shift:.2f} for validation recall >= {target}")
+    temperature = fit_temperature(val_logits, data.labels[va])
     log(f"temperature {temperature:.3f}")
     speakers = lambda idx: sorted({data.utts[i].speaker for i in idx})  # noqa: E731
     return Trained(model, temperature, history, speakers(va), speakers(tr))
 
 
-def run(cfg: RunConfig, log: Log = print) -> dict:
-    """Run the configured experiment; writes reports under ``cfg.output_dir`` and exports the shipped model."""
+def fold_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / "folds"
+
+
+def run_folds(cfg: RunConfig, folds_to_run: Sequence[int], log: Log = print) -> None:
+    """Train, calibrate and evaluate the given speaker folds; each writes ``folds/fold<k>.json`` and ``folds/fold<k>_model``.
+
+    Folds are independent, so they can run in separate processes (e.g. one thread each) and be summarised later.
+    """
     torch.set_num_threads(cfg.num_threads)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = load(cfg.train_corpora, cfg.cache_dir)
     tests = [load([s], cfg.cache_dir) for s in cfg.test_corpora]
     conds, window = cfg.evaluation.conditions, cfg.evaluation.window_seconds
     folds = speaker_folds(data.utts, cfg.evaluation.folds, cfg.seed)
-    n_run = min(cfg.evaluation.max_folds or len(folds), len(folds))
-    fold_evals, fold_tests, shipped, ship_note = [], {t.name: [] for t in tests}, None, ""
-    for k in range(n_run):
+    fold_dir(cfg).mkdir(parents=True, exist_ok=True)
+    for k in folds_to_run:
         train_idx, test_idx = folds[k]
         log(f"== fold {k + 1}/{len(folds)}: {len({data.utts[i].speaker for i in test_idx})} test speakers")
         result = train_on(cfg, data, train_idx, cfg.seed + k, log)
         ev = evaluate(result.model, data.store, data.labels, test_idx, result.temperature, conds, window)
-        fold_evals.append(ev)
         record = {"fold": k, "temperature": result.temperature, "history": result.history, "val_speakers": result.val_speakers,
-                  "test_speakers": sorted({data.utts[i].speaker for i in test_idx}), data.name: ev}
+                  "test_speakers": sorted({data.utts[i].speaker for i in test_idx}), "train": {data.name: ev}, "tests": {}}
         for t in tests:
-            fold_tests[t.name].append(evaluate(result.model, t.store, t.labels, np.arange(len(t.utts)), result.temperature, conds, window))
-            record[t.name] = fold_tests[t.name][-1]
-        (out / "folds").mkdir(exist_ok=True)
-        (out / "folds" / f"fold{k}.json").write_text(json.dumps(record, indent=1))
+            record["tests"][t.name] = evaluate(result.model, t.store, t.labels, np.arange(len(t.utts)), result.temperature, conds, window)
+        save_model_dir(result.model, fold_dir(cfg) / f"fold{k}_model", result.temperature, _normalizes(result.model), f"Fold {k + 1} model; see fold{k}.json.\n")
+        (fold_dir(cfg) / f"fold{k}.json").write_text(json.dumps(record, indent=1))
         log(f"fold {k + 1}: " + ", ".join(f"{c} UAR {ev[c]['calibrated']['uar']:.3f}" for c in conds))
-        if cfg.ship == f"fold{k}":
-            shipped = result
-            ship_note = f"the fold-{k + 1} model: trained on that fold's training speakers (minus validation speakers); its own held-out numbers are in folds/fold{k}.json"
-    if cfg.ship == "final":
+
+
+def finalize(cfg: RunConfig, log: Log = print) -> dict:
+    """Summarise the fold results, get the shipped model (a fold's, or train the final one), report and export."""
+    torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.output_dir)
+    conds, window = cfg.evaluation.conditions, cfg.evaluation.window_seconds
+    records = [json.loads(p.read_text()) for p in sorted(fold_dir(cfg).glob("fold*.json"))]
+    if not records:
+        raise ValueError(f"no fold results under {fold_dir(cfg)}")
+    train_name = next(iter(records[0]["train"]))
+    summary = {"config": _jsonable(asdict(cfg)), "folds_run": [r["fold"] for r in records], "n_folds": cfg.evaluation.folds}
+    label = f"{train_name} held-out speakers, mean ± std over {len(records)} of {cfg.evaluation.folds} speaker folds"
+    summary[train_name] = summarize_folds([r["train"][train_name] for r in records])
+    rows = [(label, c, summary[train_name][c]) for c in conds]
+    confusions = {f"{train_name}_{c}_pooled_folds": summary[train_name][c]["confusion"] for c in conds}
+    for name in records[0]["tests"]:
+        summary[f"{name}_fold_models"] = summarize_folds([r["tests"][name] for r in records])
+        rows += [(f"{name} (all clips, never trained on), fold models mean ± std", c, summary[f"{name}_fold_models"][c]) for c in conds]
+    if cfg.ship.startswith("fold"):
+        k = int(cfg.ship[4:])
+        record = next(r for r in records if r["fold"] == k)
+        model = AutoModelForAudioClassification.from_pretrained(fold_dir(cfg) / f"fold{k}_model")
+        shipped = Trained(model, record["temperature"], record["history"], record["val_speakers"], [])
+        ship_note = (f"the fold-{k + 1} model, trained on that fold's training speakers minus its validation speakers; "
+                     f"its test speakers ({len(record['test_speakers'])}) were never seen")
+        ship_eval = {train_name: record["train"][train_name], **record["tests"]}
+        ship_rows = [(f"{train_name} fold-{k + 1} held-out speakers, shipped model", c, headline(ship_eval[train_name][c])) for c in conds]
+    else:
+        data = load(cfg.train_corpora, cfg.cache_dir)
         log("== final model on all speakers (minus validation speakers)")
         shipped = train_on(cfg, data, np.arange(len(data.utts)), cfg.seed + 1000, log)
         ship_note = "trained on all speakers of the training corpora except the validation speakers; the fold numbers estimate its performance"
-    summary = {"config": _jsonable(asdict(cfg)), "folds_run": n_run, "n_folds": len(folds)}
-    rows = []
-    if fold_evals:
-        summary[data.name] = summarize_folds(fold_evals)
-        rows += [(f"{data.name} held-out speakers, {n_run}-fold mean ± std", c, summary[data.name][c]) for c in conds]
-        confusions = {f"{data.name}_{c}_pooled_folds": summary[data.name][c]["confusion"] for c in conds}
-        for name, evs in fold_tests.items():
-            summary[f"{name}_fold_models"] = summarize_folds(evs)
-            rows += [(f"{name} (all, never trained on), fold models mean ± std", c, summary[f"{name}_fold_models"][c]) for c in conds]
-        save_confusions(confusions, out)
-    if shipped is not None:
-        ship_eval = {t.name: evaluate(shipped.model, t.store, t.labels, np.arange(len(t.utts)), shipped.temperature, conds, window) for t in tests}
-        summary["shipped"] = {"note": ship_note, "temperature": shipped.temperature, "val_speakers": shipped.val_speakers, "history": shipped.history,
-                              **{n: {c: headline(e[c]) for c in conds} | {"reports": e} for n, e in ship_eval.items()}}
-        rows += [(f"{n} (all), shipped model", c, headline(e[c])) for n, e in ship_eval.items() for c in conds]
-        save_confusions({f"{n}_{c}_shipped": e[c]["calibrated"]["confusion"] for n, e in ship_eval.items() for c in conds}, out)
+        ship_eval = {t.name: evaluate(shipped.model, t.store, t.labels, np.arange(len(t.utts)), shipped.temperature, conds, window)
+                     for t in (load([s], cfg.cache_dir) for s in cfg.test_corpora)}
+        ship_rows = []
+    ship_rows += [(f"{n} (all clips), shipped model", c, headline(e[c])) for n, e in ship_eval.items() if n != train_name for c in conds]
+    rows += ship_rows
+    confusions |= {f"{n}_{c}_shipped": e[c]["calibrated"]["confusion"] for n, e in ship_eval.items() for c in conds}
+    save_confusions(confusions, out)
+    summary["shipped"] = {"note": ship_note, "temperature": shipped.temperature, "val_speakers": shipped.val_speakers,
+                          **{n: {c: headline(e[c]) for c in conds} for n, e in ship_eval.items()}}
     table = metrics_table(rows)
     (out / "metrics.md").write_text(table + "\n")
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     log(table)
-    if shipped is not None:
-        export_to = cfg.export_dir or out / "model"
-        card = render_card(
-            cfg.card.get("title", f"EmoVoice {cfg.model_kind} emotion model"),
-            {
-                "Intended use": cfg.card.get("intended_use", "3-class caller emotion (NEGATIVE / NEUTRAL / POSITIVE) on 8 kHz telephone audio, 3 s windows."),
-                "Training data": cfg.card.get("data", data.name) + f"\n\nShipped model: {ship_note}.",
-                "Licence and attribution": cfg.card.get("licence", "See the training corpora's licences."),
-                "Evaluation protocol": f"{len(folds)}-fold group k-fold over speakers (sex-balanced, seed {cfg.seed}); "
-                f"{n_run} folds run; within each training side {cfg.evaluation.val_fraction:.0%} of speakers are held out "
-                "for epoch selection and temperature scaling (fitted under the telephony condition). Clips are scored on their central "
-                f"{window:g} s, the daemon's window.",
-                "Metrics": table,
-                "Limitations": cfg.card.get("limitations", "Acted speech; real callers are subtler."),
-                "Reproduce": cfg.card.get("reproduce", "emovoice-train run --config <this config>"),
-            },
-            card_meta(shipped.model, shipped.temperature),
-        )
-        save_model_dir(shipped.model, export_to, shipped.temperature, bool(getattr(shipped.model.config, "do_normalize", False)), card)
-        log(f"exported to {export_to}")
+    export_to = cfg.export_dir or out / "model"
+    card = render_card(
+        cfg.card.get("title", f"EmoVoice {cfg.model_kind} emotion model"),
+        {
+            "Intended use": cfg.card.get("intended_use", "3-class caller emotion (NEGATIVE / NEUTRAL / POSITIVE) on 8 kHz telephone audio, 3 s windows."),
+            "Training data": cfg.card.get("data", train_name) + f"\n\nShipped model: {ship_note}.",
+            "Licence and attribution": cfg.card.get("licence", "See the training corpora's licences."),
+            "Evaluation protocol": f"{cfg.evaluation.folds}-fold group k-fold over speakers (sex-balanced, seed {cfg.seed}), never split by clip; "
+            f"within each training side {cfg.evaluation.val_fraction:.0%} of the speakers are held out for epoch selection, "
+            "the NEGATIVE operating point and temperature scaling (all under the telephony condition). Clips are scored on their central "
+            f"{window:g} s, the daemon's window. Metrics use the calibrated probabilities (the argmax does not depend on T).",
+            "Metrics": table,
+            "Limitations": cfg.card.get("limitations", "Acted speech; real callers are subtler."),
+            "Reproduce": cfg.card.get("reproduce", "emovoice-train run --config <this config>"),
+        },
+        card_meta(shipped.model, shipped.temperature),
+    )
+    save_model_dir(shipped.model, export_to, shipped.temperature, _normalizes(shipped.model), card)
+    log(f"exported to {export_to}")
     return summary
+
+
+def run(cfg: RunConfig, log: Log = print) -> dict:
+    """Every fold, then :func:`finalize`."""
+    run_folds(cfg, range(min(cfg.evaluation.max_folds or cfg.evaluation.folds, cfg.evaluation.folds)), log)
+    return finalize(cfg, log)
+
+
+def _normalizes(model: PreTrainedModel) -> bool:
+    return bool(getattr(model.config, "do_normalize", False))
 
 
 def _jsonable(x: object) -> object:

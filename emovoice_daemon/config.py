@@ -124,6 +124,8 @@ class EngineConfig:
     max_wait_ms: float = _f(20.0, non_negative)
     max_lag_s: float = _f(1.0, positive, "windows older than this are skipped (back-pressure)")
     streaming: bool = _f(True, doc="cache the CNN front-end per leg")
+    stream_drift: float = _f(0.05, positive, "recompute cached front-end frames whose GroupNorm statistics "
+                             "drifted more than this from the window's (lower: closer to a full pass, more work)")
 
 
 def escalation_profiles(value: Any) -> str | None:

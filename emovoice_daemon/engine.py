@@ -109,7 +109,8 @@ class ScoringEngine:
         self.window = int(round(pipeline.window_s * RATE))
         self.hop = int(round(pipeline.hop_s * RATE))
         self.model_rate = classifier.sampling_rate
-        self.frontend = streaming.StreamingFrontEnd(classifier) if cfg.streaming and streaming.supports(classifier) else None
+        self.frontend = (streaming.StreamingFrontEnd(classifier, cfg.stream_drift)
+                         if cfg.streaming and streaming.supports(classifier) else None)
         self._legs: dict[str, _Leg] = {}
         self._queue: deque[_Window] = deque()
         self._arrived = asyncio.Event()

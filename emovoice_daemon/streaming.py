@@ -8,7 +8,7 @@ whole input). The first conv layer is cheap (about 1% of the encoder), so it run
 the whole window every hop and the window's statistics are exact; the new frames are
 then exactly those of a full-window pass. Cached frames were normalised with an earlier
 window's statistics: a cached chunk whose statistics drifted more than
-``DRIFT_TOLERANCE`` (speech after silence, a level change) is recomputed, the others are
+``drift_tolerance`` (speech after silence, a level change) is recomputed, the others are
 reused. Encoders with per-frame LayerNorm (``feat_extract_norm="layer"``) stream exactly.
 """
 from __future__ import annotations
@@ -24,7 +24,6 @@ from torch import nn
 
 from .models.loader import Classifier
 
-DRIFT_TOLERANCE = 0.05  # mean over channels of |Δmean|/std + |Δstd/std|: above it a cached chunk is recomputed
 
 
 def _base_model(model: nn.Module | None) -> nn.Module | None:
@@ -129,11 +128,12 @@ class _Fixed(nn.Module):
 class StreamingFrontEnd:
     """Scores windows of many legs, computing only each leg's new (or drifted) encoder frames."""
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: Classifier, drift_tolerance: float = 0.05) -> None:
+        """``drift_tolerance``: mean over channels of |Δmean|/std + |Δstd|/std above which a cached chunk is recomputed."""
         base = _base_model(classifier.model)
         if base is None or not supports(classifier):
             raise ValueError(f"model {classifier.name} has no cacheable conv feature encoder")
-        self.classifier, self.base = classifier, base
+        self.classifier, self.base, self.drift_tolerance = classifier, base, drift_tolerance
         self.layers = base.feature_extractor.conv_layers
         self.norm = _group_norm(self.layers[0])
         self.field, self.stride = encoder_geometry(self.layers)
@@ -199,7 +199,7 @@ class StreamingFrontEnd:
         for row, w in enumerate(group):
             for chunk in w.cache.chunks:
                 drift = ((chunk.mean - mean[row]).abs() / std[row] + (chunk.std / std[row] - 1).abs()).mean()
-                if chunk.end > w.f_start and drift > DRIFT_TOLERANCE:
+                if chunk.end > w.f_start and drift > self.drift_tolerance:
                     todo.append((row, w, max(chunk.start, w.f_start), chunk.end))
                     w.cache.recomputed += chunk.end - max(chunk.start, w.f_start)
                     chunk.mean, chunk.std = mean[row], std[row]

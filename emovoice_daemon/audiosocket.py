@@ -121,7 +121,7 @@ class AudioDecoder:
             return alaw_decode(frame.payload)
         pcm = np.frombuffer(frame.payload[: len(frame.payload) // 2 * 2], dtype="<i2")
         rate = SLIN_RATES.get(frame.kind, LEG_RATE)
-        if rate == LEG_RATE:
+        if rate == LEG_RATE or not len(pcm):  # an empty frame is no audio, not an error
             return pcm.astype(np.int16)
         resampler = self._resamplers.setdefault(rate, StreamResampler(rate, LEG_RATE))
         return np.clip(np.rint(resampler.process(pcm)), -32768, 32767).astype(np.int16)

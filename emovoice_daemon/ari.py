@@ -267,13 +267,12 @@ class AriController:
                 return
             del self.taps[tap.call_id]
             tap.ended = True
-            if self.cues is not None and (summary := self.cues.close(tap.call_id)):
-                log.info("call %s cues: %s", tap.call_id, summary)
+            cues = self.cues.close(tap.call_id) if self.cues is not None else None
             for t in tap.legs:
                 if t.source:
                     self.rtp.remove_stream(t.source)
                 if t.leg:
-                    await t.leg.end(reason)
+                    await t.leg.end(reason, {"cues": cues} if cues else None)
             for t in tap.legs:
                 await self.client.delete_quietly(f"/channels/{t.media_id}")
                 await self.client.delete_quietly(f"/channels/{t.snoop_id}")

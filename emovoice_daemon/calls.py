@@ -64,15 +64,16 @@ class Leg:
             self.stats.transition(tr)
             self._publish(f"escalation.{tr.kind}", **tr.fields())
 
-    async def end(self, reason: str) -> None:
-        """Score what is buffered, then publish call.ended. Safe to call twice."""
+    async def end(self, reason: str, extra: dict[str, Any] | None = None) -> None:
+        """Score what is buffered, then publish call.ended (``extra`` joins its summary). Safe to call twice."""
         if self.ended:
             return
         self.ended = True
         try:
             await self.manager.engine.close_leg(self.leg_id)
         finally:
-            self._publish("call.ended", reason=reason, summary=self.stats.summary(self.duration_s))
+            summary = {**self.stats.summary(self.duration_s), **(extra or {})}
+            self._publish("call.ended", reason=reason, summary=summary)
             self.manager.forget(self)
 
     def _publish(self, type_: str, **fields: Any) -> None:

@@ -12,6 +12,7 @@ class RecordingLeg:
         self.leg_id = f"{call_id}:{role}"
         self.chunks: list[np.ndarray] = []
         self.ended: str | None = None
+        self.extra: dict[str, Any] | None = None
 
     def feed(self, pcm: np.ndarray) -> None:
         assert pcm.dtype == np.int16
@@ -21,9 +22,9 @@ class RecordingLeg:
     def audio(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
 
-    async def end(self, reason: str) -> None:
+    async def end(self, reason: str, extra: dict[str, Any] | None = None) -> None:
         if self.ended is None:
-            self.ended = reason
+            self.ended, self.extra = reason, extra
 
 
 class RecordingCalls:

@@ -8,7 +8,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from emovoice_daemon.ari import AriController
-from emovoice_daemon.config import AriConfig, RtpConfig
+from emovoice_daemon.config import AriConfig, CuesConfig, RtpConfig
+from emovoice_daemon.cues import CueTracker
+from emovoice_daemon.events import EventBus
 from emovoice_daemon.rtp import RtpReceiver
 
 from .captures import shared_file
@@ -99,10 +101,11 @@ async def rig() -> AsyncIterator[tuple[FakeAri, TestServer, RtpReceiver]]:
     await server.close()
 
 
-def _controller(server: TestServer, rtp: RtpReceiver, calls: RecordingCalls, **over: Any) -> AriController:
+def _controller(server: TestServer, rtp: RtpReceiver, calls: RecordingCalls, cues: CueTracker | None = None,
+                **over: Any) -> AriController:
     port = rtp.address[1]
     cfg = AriConfig(enabled=True, url=str(server.make_url("/ari")), password="secret", format="ulaw", **over)
-    return AriController(cfg, RtpConfig(host="127.0.0.1", port=port), calls, rtp)  # type: ignore[arg-type]
+    return AriController(cfg, RtpConfig(host="127.0.0.1", port=port), calls, rtp, cues)  # type: ignore[arg-type]
 
 
 async def test_taps_both_directions_scores_rtp_and_tears_down(rig, ulaw_packets: list[bytes]) -> None:
@@ -237,5 +240,31 @@ async def test_escalations_are_mirrored_into_a_channel_variable(rig) -> None:
         ctl.on_escalation({"type": "escalation.cleared", "call_id": CALL, "role": "customer"})
         await until(lambda: fake.channels[CALL]["channelvars"]["EMOVOICE_ESCALATION"] == "customer:cleared")
         assert sum(r["path"].endswith("/variable") for r in fake.requests) == 2
+    finally:
+        await ctl.stop()
+
+
+async def test_call_cues_reach_both_legs_call_ended_summary(rig, ulaw_packets: list[bytes]) -> None:
+    fake, server, rtp = rig
+    calls = RecordingCalls()
+    ctl = _controller(server, rtp, calls, CueTracker(CuesConfig(enabled=True), -45.0, EventBus()))
+    await ctl.start()
+    try:
+        await asyncio.wait_for(ctl.connected.wait(), 5)
+        await fake.start_call(CALL)
+        await until(lambda: f"{CALL}:customer" in calls.legs and f"{CALL}:agent" in calls.legs)
+        customer, agent = calls.legs[f"{CALL}:customer"], calls.legs[f"{CALL}:agent"]
+        await until(lambda: all(t.source for t in ctl.taps[CALL].legs))
+        for i in range(0, 150, 25):  # in bursts the receive buffer holds
+            fake.send_rtp(f"emovoice-customer-{CALL}-media", ulaw_packets[i:i + 25])
+            fake.send_rtp(f"emovoice-agent-{CALL}-media", ulaw_packets[i:i + 25])
+            await asyncio.sleep(0.05)
+        await until(lambda: len(customer.audio) >= 140 * 160 and len(agent.audio) >= 140 * 160)
+        await fake.hangup(CALL)
+        await until(lambda: customer.ended and agent.ended)
+        for leg in (customer, agent):
+            cues = leg.extra["cues"]
+            assert cues["talk_over_s"] > 1.0  # the same speech on both legs overlaps throughout
+            assert set(cues["pace_per_min"]) == {"customer", "agent"}
     finally:
         await ctl.stop()

@@ -121,7 +121,7 @@ class AudioDecoder:
             return alaw_decode(frame.payload)
         pcm = np.frombuffer(frame.payload[: len(frame.payload) // 2 * 2], dtype="<i2")
         rate = SLIN_RATES.get(frame.kind, LEG_RATE)
-        if rate == LEG_RATE or not len(pcm):  # an empty frame is no audio, not an error
+        if rate == LEG_RATE:
             return pcm.astype(np.int16)
         resampler = self._resamplers.setdefault(rate, StreamResampler(rate, LEG_RATE))
         return np.clip(np.rint(resampler.process(pcm)), -32768, 32767).astype(np.int16)
@@ -169,18 +169,24 @@ class Connection:
                 await self.leg.end(reason)
 
     async def _receive(self) -> str:
+        """Read frames until the call ends; idle means no *complete* frame, so a byte-a-second peer times out too."""
+        loop = asyncio.get_running_loop()
+        last_frame = loop.time()
         while True:
             try:
-                data = await asyncio.wait_for(self.reader.read(65536), self.cfg.idle_timeout_s)
+                data = await asyncio.wait_for(self.reader.read(65536), last_frame + self.cfg.idle_timeout_s - loop.time())
             except asyncio.TimeoutError:
-                log.info("audiosocket %s: idle for %.1f s; closing", self.peer, self.cfg.idle_timeout_s)
+                log.info("audiosocket %s: no complete frame for %.1f s; closing", self.peer, self.cfg.idle_timeout_s)
                 return "idle_timeout"
             if not data:
                 if self.parser.pending:
                     log.warning("audiosocket %s: closed mid-frame (%d bytes dropped)", self.peer, self.parser.pending)
                 return "eof"
-            self._last_rx = asyncio.get_running_loop().time()
-            for frame in self.parser.feed(data):
+            self._last_rx = loop.time()
+            frames = self.parser.feed(data)
+            if frames:
+                last_frame = self._last_rx
+            for frame in frames:
                 reason = self._handle(frame)
                 if reason:
                     return reason

@@ -49,7 +49,7 @@ class StreamResampler:
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Resample one chunk; returns float32 samples, delayed by the filter's group delay."""
         x = np.asarray(chunk, dtype=np.float64)
-        if self.up == 1 and self.down == 1:
+        if self.up == 1 and self.down == 1 or not len(x):
             return x.astype(np.float32)
         stuffed = np.zeros(len(x) * self.up)
         stuffed[:: self.up] = x

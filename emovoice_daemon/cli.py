@@ -1,4 +1,4 @@
-"""`emovoice-daemon` command line: run, check-config, simulate, demo."""
+"""`emovoice-daemon` command line: run, check-config, simulate, demo, score."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +53,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _roles(text: str) -> tuple[str, ...]:
+    roles = tuple(r.strip() for r in text.split(","))
+    if len(roles) != 2 or set(roles) != {"customer", "agent"}:
+        raise argparse.ArgumentTypeError(f"expected customer,agent or agent,customer, got {text!r}")
+    return roles
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .batch import BatchError, score_files
+    from .models.loader import ModelError, load_classifier
+
+    config = _load_or_exit(args.config)
+    try:
+        classifier = load_classifier(config.model)
+        summary = asyncio.run(score_files([Path(p) for p in args.inputs], Path(args.out), config, classifier,
+                                          args.channels, args.jobs))
+    except (BatchError, ModelError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{summary['files']} calls ({summary['failed']} failed), {summary['audio_hours']} h of audio in "
+          f"{summary['wall_s']} s: {summary['throughput_audio_h_per_wall_h']} audio hours per wall-clock hour; "
+          f"reports in {args.out}")
+    return 1 if summary["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emovoice-daemon", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -75,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calls", type=int, default=2, help="concurrent sample calls")
     demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = Ctrl-C)")
     demo.set_defaults(func=cmd_demo)
+    score = sub.add_parser("score", help="batch QA: score recorded calls (WAV files or directories)")
+    score.add_argument("inputs", nargs="+", help="WAV files and/or directories (searched recursively)")
+    score.add_argument("-o", "--out", default="emovoice-qa", help="output directory (default: emovoice-qa)")
+    score.add_argument("-c", "--config", help="YAML config (model, pipeline, escalation)")
+    score.add_argument("--channels", type=_roles, default=("customer", "agent"),
+                       help="roles of a stereo file's channels, left first (default: customer,agent)")
+    score.add_argument("--jobs", type=int, default=8, help="files scored concurrently (default: 8)")
+    score.set_defaults(func=cmd_score)
     return parser
 
 

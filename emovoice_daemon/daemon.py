@@ -23,7 +23,7 @@ from .events import Event, EventBus
 from .history import CallHistory
 from .models.loader import Classifier, load_classifier
 from .notifier import AgentNotifier
-from .policy import EscalationPolicy, profile_for
+from .policy import policy_factory
 from .recorder import RecordingEngine
 from .rtp import RtpReceiver
 from .sip import SipEndpoint
@@ -67,8 +67,7 @@ class Daemon:
         self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
         leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine
-        self.calls = CallManager(leg_engine, self.bus, lambda meta: EscalationPolicy(profile_for(cfg.escalation, meta)),
-                                 self.model_info)
+        self.calls = CallManager(leg_engine, self.bus, policy_factory(cfg.escalation), self.model_info)
         self._start_escalation_outputs()
         self.audiosocket = AudioSocketServer(cfg.audiosocket, self.calls)
         if cfg.audiosocket.enabled:

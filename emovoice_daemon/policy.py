@@ -16,7 +16,7 @@ import dataclasses
 import statistics
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .config import EscalationConfig
 
@@ -49,6 +49,11 @@ def profile_for(cfg: EscalationConfig, meta: Mapping[str, Any]) -> EscalationCon
         if isinstance(name, str) and name in cfg.profiles:
             return dataclasses.replace(cfg, profiles={}, **cfg.profiles[name])
     return cfg
+
+
+def policy_factory(cfg: EscalationConfig) -> Callable[[Mapping[str, Any]], "EscalationPolicy"]:
+    """A new EscalationPolicy per leg, with the profile its call's meta selects."""
+    return lambda meta: EscalationPolicy(profile_for(cfg, meta))
 
 
 class Smoother:

@@ -26,7 +26,7 @@ def post_json(daemon: DaemonProcess, path: str, body: dict) -> tuple[int, dict]:
 def start_scripted_daemon(tmp_path: Path, overrides: dict | None = None) -> DaemonProcess:
     """``emovoice-daemon run`` with the model loader replaced by the ToneClassifier (see scripted_site/)."""
     pythonpath = os.pathsep.join(p for p in (str(SCRIPTED_SITE), os.environ.get("PYTHONPATH", "")) if p)
-    config = {"notifier": {"agents": {"1001": AGENT_TOKEN}}, "engine": {"streaming": False}, **(overrides or {})}
+    config = {"notifier": {"agents": {"1001": AGENT_TOKEN}}, **(overrides or {})}
     return start_daemon(tmp_path, config, env={"PYTHONPATH": pythonpath})
 
 

@@ -21,6 +21,7 @@ class ToneClassifier:
     trained = False
     sampling_rate = 16000  # the engine resamples 8 kHz legs to this, as for a real model
     labels = ("NEGATIVE", "NEUTRAL", "POSITIVE")
+    model = None  # no torch module: the engine scores whole windows (no streaming front-end)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         x = np.asarray(batch, dtype=np.float32)

@@ -11,3 +11,4 @@ import emovoice_daemon.daemon  # noqa: E402
 from scripted import ToneClassifier  # noqa: E402
 
 emovoice_daemon.daemon.load_classifier = lambda cfg: ToneClassifier()
+emovoice_daemon.models.loader.load_classifier = lambda cfg: ToneClassifier()

@@ -24,6 +24,8 @@ from torch import nn
 
 from .models.loader import Classifier
 
+WHOLE_SHARE = 0.75  # recompute the whole window when this share of its frames must be computed anyway
+
 
 
 def _base_model(model: nn.Module | None) -> nn.Module | None:
@@ -197,15 +199,8 @@ class StreamingFrontEnd:
         std = torch.sqrt(h.var(-1, unbiased=False) + self.norm.eps)
         todo: list[tuple[int, _Work, int, int]] = []  # (row, work, first, end frame) runs to compute
         for row, w in enumerate(group):
-            for chunk in w.cache.chunks:
-                drift = ((chunk.mean - mean[row]).abs() / std[row] + (chunk.std / std[row] - 1).abs()).mean()
-                if chunk.end > w.f_start and drift > self.drift_tolerance:
-                    todo.append((row, w, max(chunk.start, w.f_start), chunk.end))
-                    w.cache.recomputed += chunk.end - max(chunk.start, w.f_start)
-                    chunk.mean, chunk.std = mean[row], std[row]
-            if w.f_end > w.f_new:
-                w.cache.chunks.append(_Chunk(w.f_new, w.f_end, mean[row], std[row]))
-                todo.append((row, w, w.f_new, w.f_end))
+            for first, end in self._runs(w, mean[row], std[row]):
+                todo.append((row, w, first, end))
         for batch in _group_indices(todo, lambda t: t[3] - t[2]):
             rows = [todo[i][0] for i in batch]
             lo = [(todo[i][2] * self.stride - todo[i][1].start) // self.stride0 for i in batch]
@@ -217,6 +212,20 @@ class StreamingFrontEnd:
             for i, frames in zip(batch, out):
                 _, w, first, end = todo[i]
                 w.cache.store(first, frames[:, : end - first])
+
+    def _runs(self, w: _Work, mean: torch.Tensor, std: torch.Tensor) -> list[tuple[int, int]]:
+        """Frame ranges to compute for a window: new frames plus drifted chunks, merged; the chunk records follow."""
+        chunks = [c for c in w.cache.chunks if c.end > w.f_start]
+        drifted = [c for c in chunks
+                   if ((c.mean - mean).abs() / std + (c.std / std - 1).abs()).mean() > self.drift_tolerance]
+        runs = _merge([(max(c.start, w.f_start), c.end) for c in drifted] + [(w.f_new, w.f_end)])
+        if sum(b - a for a, b in runs) >= WHOLE_SHARE * (w.f_end - w.f_start):
+            runs = [(w.f_start, w.f_end)]  # one pass over the window is cheaper, and exact
+        runs = [(a, b) for a, b in runs if b > a]
+        kept = [c for c in chunks if not any(a <= max(c.start, w.f_start) and c.end <= b for a, b in runs)]
+        w.cache.chunks = deque(sorted(kept + [_Chunk(a, b, mean, std) for a, b in runs], key=lambda c: c.start))
+        w.cache.recomputed += sum(b - a for a, b in runs) - (w.f_end - w.f_new)
+        return runs
 
     def _positions(self, n_frames: int) -> int:
         """First-layer outputs that ``n_frames`` encoder frames depend on."""
@@ -237,6 +246,17 @@ class StreamingFrontEnd:
             yield
         finally:
             self.base.feature_extractor = original
+
+
+def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of frame ranges, as sorted disjoint ranges."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(runs):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def _group_indices(items: list[Any], key: Callable[[Any], int]) -> list[list[int]]:

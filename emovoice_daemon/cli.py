@@ -24,7 +24,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
 
     config = _load_or_exit(args.config)
-    asyncio.run(Daemon(config).run())
+    try:
+        asyncio.run(Daemon(config).run())
+    except ConfigError as exc:  # a file the config names (agents_file, ...) turned out bad at start
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
     return 0
 
 

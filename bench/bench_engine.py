@@ -189,8 +189,32 @@ async def trial(scorer: Scorer, n_legs: int, seconds: float, calls: list[np.ndar
     steady = [lag for lags in by_leg.values() for lag in lags[1:]]
     missing = due - len(results)
     steady += [LATE_MS] * missing
-    p50, p95 = (float(np.percentile(steady, q)) if steady else LATE_MS for q in (50, 95))
+    p50, p95 = (float(np.percentile(steady, q, method="nearest")) if steady else LATE_MS for q in (50, 95))
     return Trial(n_legs, len(steady), p50, p95, sum(r.skipped is not None for r in results), missing, leg_bytes)
+
+
+async def cost(scorer: Scorer, n_legs: int, n_windows: int, calls: list[np.ndarray]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) per window with ``n_legs`` legs of ``n_windows`` windows pushed at once.
+
+    Independent of real-time pacing, and CPU time is far less sensitive than wall time to
+    other processes on a shared machine.
+    """
+    await scorer.start()
+    done: list[WindowResult] = []
+    seconds = 3 + n_windows - 1
+    for i in range(n_legs):
+        scorer.open_leg(f"leg{i}:mixed", done.append)
+    cpu, wall = time.process_time(), time.monotonic()
+    for k in range(seconds * 50):  # 20 ms chunks, legs interleaved, as fast as possible
+        for i in range(n_legs):
+            a = calls[i % len(calls)]
+            scorer.push(f"leg{i}:mixed", a[np.arange(k * 160, (k + 1) * 160) % len(a)])
+        await asyncio.sleep(0)
+    while len(done) < n_legs * n_windows:
+        await asyncio.sleep(0.01)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    await scorer.stop()
+    return cpu / len(done), wall / len(done)
 
 
 async def max_legs(name: str, make: Any, calls: list[np.ndarray], args: argparse.Namespace) -> list[Trial]:
@@ -243,6 +267,14 @@ async def main(args: argparse.Namespace) -> None:
               f"{os.cpu_count()} CPUs; DistilHuBERT-shaped model, {params:.1f} M parameters"
               f"{', int8 linear layers' if args.int8 else ''}; {len(calls)} speech loops; RSS with model "
               f"{model_rss:.0f} MB (+{model_rss - base_rss:.0f} MB)")
+        print(f"cost per window, {args.cost_legs} legs x {args.cost_windows} windows pushed at once "
+              f"(a leg's first window included):")
+        for name, make in (("naive", lambda: NaiveScorer(model_dir, pipe_cfg, device)),
+                           ("engine", lambda: ScoringEngine(classifier, pipe_cfg, engine_cfg))):
+            if name == "naive" and args.engine_only:
+                continue
+            cpu_s, wall_s = await cost(make(), args.cost_legs, args.cost_windows, calls)
+            print(f"  {name:7s} {cpu_s * 1000:6.0f} ms CPU, {wall_s * 1000:6.0f} ms wall", flush=True)
         print(f"{'':7s} {'legs':>5s} {'windows':>8s} {'p50 ms':>9s} {'p95 ms':>9s} {'skipped':>8s} "
               f"{'unanswered':>10s} {'sustained':>9s}")
         naive: list[Trial] = []
@@ -278,6 +310,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-streaming", action="store_true", help="engine without the streaming front-end")
     p.add_argument("--vad-min-voiced", type=float, default=0.0, help="0 scores every window, like the naive path")
     p.add_argument("--engine-only", action="store_true")
+    p.add_argument("--cost-legs", type=int, default=4, help="legs in the cost-per-window phase")
+    p.add_argument("--cost-windows", type=int, default=6, help="windows per leg in the cost phase")
     return p.parse_args(argv)
 
 

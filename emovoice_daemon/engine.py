@@ -116,15 +116,20 @@ class ScoringEngine:
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emovoice-infer")
         self._worker: asyncio.Task[None] | None = None
+        self._inflight: list[_Window] = []
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="scoring-engine")
 
     async def stop(self) -> None:
+        """Stop the worker; windows still queued or in flight are answered ``overload``."""
         if self._worker:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
         self._executor.shutdown(wait=True)
+        for w in [*self._inflight, *self._queue]:
+            self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
+        self._inflight, self._queue = [], deque()
 
     @property
     def live_legs(self) -> int:
@@ -211,11 +216,13 @@ class ScoringEngine:
                     todo.append(w)
             if not todo:
                 continue
+            self._inflight = todo
             try:
                 probs = await loop.run_in_executor(self._executor, self._infer, todo)
             except Exception:  # a model failure must not stop scoring for every other call
                 log.exception("scoring a batch of %d windows failed", len(todo))
                 probs = [None] * len(todo)
+            self._inflight = []
             metrics.BATCH_SIZE.observe(len(todo))
             for w, p in zip(todo, probs):
                 self._finish(w.leg, w.seq, w.start, w.end, p, None if p is not None else "error", w.due)

@@ -191,3 +191,17 @@ def test_streaming_is_used_only_for_conv_encoder_models(fake: FakeClassifier) ->
     assert ScoringEngine(hubert, PipelineConfig(), EngineConfig()).frontend is not None
     assert ScoringEngine(hubert, PipelineConfig(), EngineConfig(streaming=False)).frontend is None
     assert ScoringEngine(fake, PipelineConfig(), EngineConfig()).frontend is None  # type: ignore[arg-type]
+
+
+async def test_stop_answers_queued_and_in_flight_windows() -> None:
+    engine = ScoringEngine(FakeClassifier(delay_s=0.3), PipelineConfig(window_s=0.5, hop_s=0.5),
+                           EngineConfig(max_batch=1))
+    await engine.start()
+    got: list[WindowResult] = []
+    for leg in ("a:mixed", "b:mixed", "c:mixed"):
+        engine.open_leg(leg, got.append)
+        engine.push(leg, ramp(4000))
+    await asyncio.sleep(0.1)  # the first window is in the model, two are queued
+    await engine.stop()
+    assert len(got) == 3 and all(r.skipped == "overload" for r in got)
+    await asyncio.wait_for(engine.close_leg("a:mixed"), 1.0)  # nothing left to wait for

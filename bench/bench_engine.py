@@ -275,6 +275,8 @@ async def main(args: argparse.Namespace) -> None:
                 continue
             cpu_s, wall_s = await cost(make(), args.cost_legs, args.cost_windows, calls)
             print(f"  {name:7s} {cpu_s * 1000:6.0f} ms CPU, {wall_s * 1000:6.0f} ms wall", flush=True)
+        if args.skip_trials:
+            return
         print(f"{'':7s} {'legs':>5s} {'windows':>8s} {'p50 ms':>9s} {'p95 ms':>9s} {'skipped':>8s} "
               f"{'unanswered':>10s} {'sustained':>9s}")
         naive: list[Trial] = []
@@ -310,6 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-streaming", action="store_true", help="engine without the streaming front-end")
     p.add_argument("--vad-min-voiced", type=float, default=0.0, help="0 scores every window, like the naive path")
     p.add_argument("--engine-only", action="store_true")
+    p.add_argument("--skip-trials", action="store_true", help="cost per window only, no real-time search")
     p.add_argument("--cost-legs", type=int, default=4, help="legs in the cost-per-window phase")
     p.add_argument("--cost-windows", type=int, default=6, help="windows per leg in the cost phase")
     return p.parse_args(argv)

@@ -109,14 +109,24 @@ class ScoringEngine:
         self.window = int(round(pipeline.window_s * RATE))
         self.hop = int(round(pipeline.hop_s * RATE))
         self.model_rate = classifier.sampling_rate
-        self.frontend = (streaming.StreamingFrontEnd(classifier, cfg.stream_drift)
-                         if cfg.streaming and streaming.supports(classifier) else None)
+        self.frontend = self._streaming_front_end() if cfg.streaming and streaming.supports(classifier) else None
         self._legs: dict[str, _Leg] = {}
         self._queue: deque[_Window] = deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emovoice-infer")
         self._worker: asyncio.Task[None] | None = None
         self._inflight: list[_Window] = []
+
+    def _streaming_front_end(self) -> streaming.StreamingFrontEnd | None:
+        """The streaming front-end, if every window starts on the encoder's frame grid."""
+        front = streaming.StreamingFrontEnd(self.classifier, self.cfg.stream_drift)
+        step = front.stride * RATE  # window and hop, in 8 kHz samples times model rate, must be whole frames
+        if (self.window * self.model_rate) % step or (self.hop * self.model_rate) % step:
+            log.warning("window %.3f s / hop %.3f s are not multiples of the model's %.1f ms frames: "
+                        "scoring whole windows", self.pipeline.window_s, self.pipeline.hop_s,
+                        1000 * front.stride / self.model_rate)
+            return None
+        return front
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="scoring-engine")

@@ -161,6 +161,11 @@ def _pick_device(cfg: ModelConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def quantize_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 dynamic quantisation of the linear layers (CPU only; convolutions stay float)."""
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def _finish(model: torch.nn.Module, cfg: ModelConfig, **fields: Any) -> Classifier:
     """Eval mode, device placement and optional int8 quantisation."""
     model.eval()
@@ -168,7 +173,7 @@ def _finish(model: torch.nn.Module, cfg: ModelConfig, **fields: Any) -> Classifi
     if device.type == "cuda":
         model.to(device)
     elif cfg.quantize_int8:
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = quantize_linear(model)
     return Classifier(model=model, device=device, half=device.type == "cuda", **fields)
 
 

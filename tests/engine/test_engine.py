@@ -191,6 +191,9 @@ def test_streaming_is_used_only_for_conv_encoder_models(fake: FakeClassifier) ->
     assert ScoringEngine(hubert, PipelineConfig(), EngineConfig()).frontend is not None
     assert ScoringEngine(hubert, PipelineConfig(), EngineConfig(streaming=False)).frontend is None
     assert ScoringEngine(fake, PipelineConfig(), EngineConfig()).frontend is None  # type: ignore[arg-type]
+    on_grid, off_grid = PipelineConfig(hop_s=0.2), PipelineConfig(hop_s=0.25)  # 10 and 12.5 frames of 20 ms
+    assert ScoringEngine(hubert, on_grid, EngineConfig()).frontend is not None
+    assert ScoringEngine(hubert, off_grid, EngineConfig()).frontend is None
 
 
 async def test_stop_answers_queued_and_in_flight_windows() -> None:

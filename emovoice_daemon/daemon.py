@@ -154,6 +154,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.history is not None:
             self.history.close()
+        if self.notifier is not None:
+            await self.notifier.close()
         if self._runner:
             await self._runner.cleanup()
         self.event_log.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import metrics
 from .config import ConfigError, NotifierConfig
@@ -73,6 +73,7 @@ class AgentNotifier:
         self.tokens = load_agent_tokens(cfg)
         self.calls: dict[str, _Call] = {}
         self.connections: dict[str, set[asyncio.Queue[Event]]] = {}
+        self.sockets: set[web.WebSocketResponse] = set()
 
     def bind(self, call_id: str, agent: str) -> None:
         """Make ``agent`` the agent of ``call_id`` (before or during the call)."""
@@ -143,6 +144,7 @@ class AgentNotifier:
             return ws
         queue: asyncio.Queue[Event] = asyncio.Queue(AGENT_QUEUE)
         self.connections.setdefault(agent, set()).add(queue)
+        self.sockets.add(ws)
         metrics.AGENT_CONNECTIONS.inc()
         reader = asyncio.create_task(self._read_until_closed(ws))
         try:
@@ -158,11 +160,17 @@ class AgentNotifier:
             pass  # the agent went away mid-send
         finally:
             reader.cancel()
+            self.sockets.discard(ws)
             metrics.AGENT_CONNECTIONS.dec()
             self.connections[agent].discard(queue)
             if not self.connections[agent]:
                 del self.connections[agent]
         return ws
+
+    async def close(self) -> None:
+        """Close every agent socket (daemon shutdown); pages reconnect to the next daemon."""
+        await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"daemon stopping")
+                               for ws in list(self.sockets)), return_exceptions=True)
 
     async def _auth(self, request: web.Request, ws: web.WebSocketResponse) -> str | None:
         header = request.headers.get("Authorization", "")

@@ -190,3 +190,19 @@ def test_daemon_with_unreadable_agents_file_exits_with_a_clear_error(tmp_path: P
     assert done.returncode == 2, done.stderr
     assert f"{tmp_path}/nope.yaml:0: notifier.agents_file: cannot read" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_close_sends_going_away_to_every_agent(client, agents: AgentNotifier) -> None:
+    ws1 = await connect(client, "1001", "tok-1001")
+    ws2 = await connect(client, "1002", "tok-1002")
+    await next_json(ws1)
+    await next_json(ws2)
+    await agents.close()
+    for ws in (ws1, ws2):
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == WSMsgType.CLOSE and msg.data == 1001 and msg.extra == "daemon stopping"
+    for _ in range(50):
+        if not agents.sockets:
+            break
+        await asyncio.sleep(0.02)
+    assert agents.sockets == set() and agents.connections == {}

@@ -206,3 +206,15 @@ async def test_close_sends_going_away_to_every_agent(client, agents: AgentNotifi
             break
         await asyncio.sleep(0.02)
     assert agents.sockets == set() and agents.connections == {}
+
+
+async def test_page_reconnects_after_the_daemon_closes_its_socket(client, agents: AgentNotifier, bus: EventBus) -> None:
+    async with Browser() as browser:
+        await browser.goto(str(client.make_url("/agent/")) + "#agent=1001&token=tok-1001")
+        await browser.wait_for("document.getElementById('status').textContent === 'agent 1001'")
+        await agents.close()
+        await browser.wait_for("document.getElementById('status').textContent === 'reconnecting...'", poll=0.02)
+        await browser.wait_for("document.getElementById('status').textContent === 'agent 1001'")
+        start(bus, "call-after", agent="1001")
+        raise_(bus, "call-after", severity="watch")
+        assert await browser.wait_for("document.querySelector('.prompt.watch .phrase')?.textContent") == PHRASES["watch"]

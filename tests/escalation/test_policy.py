@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from emovoice_daemon.config import ConfigError, EscalationConfig, parse_config
-from emovoice_daemon.policy import EscalationPolicy, Transition, profile_for
+from emovoice_daemon.policy import EscalationPolicy, Transition, policy_factory, profile_for
 
 
 def run(cfg: EscalationConfig, negatives: list[float], hop: float = 1.0) -> tuple[list[Transition], list[float]]:
@@ -115,6 +115,9 @@ def test_profile_for_queue_overrides_keys() -> None:
     transitions, _ = run(vip, [0.5] * 10)
     assert kinds(transitions) == [("raised", "watch")]
     assert run(cfg, [0.5] * 10)[0] == []
+    make = policy_factory(cfg)
+    assert make({"queue": "vip"}).cfg.enter == 0.45 and make({}).cfg is cfg
+    assert make({"queue": "vip"}) is not make({"queue": "vip"})  # one policy (state) per leg
 
 
 @pytest.mark.parametrize("yaml_text, message", [

@@ -1,62 +1,18 @@
-"""Fixtures of the operations tests: a fake systemd notify socket."""
+"""Fixtures of the operations tests: a fake systemd notify socket, an in-process daemon."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import AsyncIterator, Iterator
 
 import numpy as np
 import pytest
 
+from bench.loadgen import FakeSystemd
+from emovoice_daemon.config import parse_config
+from emovoice_daemon.daemon import Daemon
 from emovoice_daemon.simulate import audiosocket_frames
-
-
-class FakeSystemd:
-    """A unix datagram socket standing in for systemd's ``$NOTIFY_SOCKET``; records (time, fields)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[tuple[float, dict[str, str]]] = []
-
-    def env(self, watchdog_s: float | None = None) -> dict[str, str]:
-        env = {"NOTIFY_SOCKET": str(self.path)}
-        if watchdog_s:
-            env["WATCHDOG_USEC"] = str(int(watchdog_s * 1e6))
-        return env
-
-    def receive(self, timeout: float) -> list[tuple[float, dict[str, str]]]:
-        """Read every datagram arriving within ``timeout`` s (or already queued); returns the new ones."""
-        new = []
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                break
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            new.append((time.monotonic(), fields))
-        self.messages += new
-        return new
-
-    def wait_for(self, predicate: Callable[[dict[str, str]], bool], timeout: float) -> dict[str, str]:
-        """The first message (already received or arriving within ``timeout``) matching ``predicate``."""
-        deadline = time.monotonic() + timeout
-        checked = 0
-        while True:
-            for _, fields in self.messages[checked:]:
-                if predicate(fields):
-                    return fields
-            checked = len(self.messages)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no matching notify message in {timeout} s; got {self.messages}")
-            self.receive(min(left, 0.2))
 
 
 @pytest.fixture
@@ -67,14 +23,7 @@ def fake_systemd() -> Iterator[FakeSystemd]:
         try:
             yield fake
         finally:
-            fake.sock.close()
-
-
-def windows_due(samples: int, window: int = 24000, hop: int = 8000) -> int:
-    """Windows the engine scores for a leg of ``samples`` 8 kHz samples (default 3 s window, 1 s hop)."""
-    if samples >= window:
-        return (samples - window) // hop + 1
-    return 1 if samples >= 8000 else 0
+            fake.close()
 
 
 async def open_call(port: int, call_id: str, pcm: np.ndarray) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -83,3 +32,22 @@ async def open_call(port: int, call_id: str, pcm: np.ndarray) -> tuple[asyncio.S
     writer.write(b"".join(audiosocket_frames(call_id, pcm)))
     await writer.drain()
     return reader, writer
+
+
+TOKEN = "s3cret-token"
+
+
+def config_text(tmp_path: Path, extra: str = "") -> str:
+    return (f"audiosocket: {{port: 0}}\napi: {{port: 0, token: {TOKEN}}}\n"
+            f"events: {{log_path: {tmp_path / 'events.jsonl'}}}\nhistory: {{path: {tmp_path / 'h.sqlite3'}}}\n{extra}")
+
+
+@pytest.fixture
+async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
+    """An in-process daemon on ephemeral loopback ports; ``extra`` config text via indirect parametrisation."""
+    daemon = Daemon(parse_config(config_text(tmp_path, getattr(request, "param", ""))))
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()

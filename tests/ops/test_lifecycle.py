@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import yaml
 
@@ -17,8 +18,9 @@ from emovoice_daemon.config import load_config
 from emovoice_daemon.daemon import Daemon
 from emovoice_daemon.eventlog import EventLog
 from emovoice_daemon.simulate import audiosocket_frames
+from bench.loadgen import windows_due
 from tests.conftest import DaemonProcess, free_port, start_daemon, stop_daemon
-from tests.ops.conftest import open_call, windows_due
+from tests.ops.conftest import open_call
 
 
 def of_call(daemon: DaemonProcess, call_id: str) -> list[dict]:
@@ -149,3 +151,25 @@ def test_second_daemon_on_the_same_ports_fails_fast(tmp_path: Path) -> None:
         assert first.get("/health")[0] == 200
     finally:
         stop_daemon(first)
+
+
+async def test_sigterm_does_not_wait_for_idle_websocket_clients(tmp_path: Path) -> None:
+    """Supervisors keep /events open all day: a restart must not sit out the drain deadline for them."""
+    daemon = start_daemon(tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{daemon.api_port}/events"
+            headers = {"Authorization": f"Bearer {daemon.token}"}
+            listening = await session.ws_connect(url, headers=headers)
+            gone = await session.ws_connect(url, headers=headers)
+            await gone.close()  # a client that went away while no event was flowing
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            daemon.proc.send_signal(signal.SIGTERM)
+            closed = await asyncio.wait_for(listening.receive(), 5)
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert await asyncio.to_thread(daemon.proc.wait, 10) == 0
+            assert time.monotonic() - started < 3
+        assert "drain took longer" not in daemon.stderr_path.read_text()
+    finally:
+        stop_daemon(daemon)

@@ -11,13 +11,13 @@ import pytest
 
 from emovoice_daemon.sdnotify import Notifier
 from tests.conftest import start_daemon, stop_daemon
-from tests.ops.conftest import FakeSystemd
+from bench.loadgen import FakeSystemd
 
 
 def test_daemon_reports_ready_watchdog_and_stopping(tmp_path: Path, fake_systemd: FakeSystemd) -> None:
     daemon = start_daemon(tmp_path, env=fake_systemd.env(watchdog_s=0.4))
     try:
-        ready = fake_systemd.wait_for(lambda m: m.get("READY") == "1", timeout=5)
+        _, ready = fake_systemd.wait_for(lambda m: m.get("READY") == "1", timeout=5)
         assert ready["STATUS"].startswith("serving 0 live legs")
         fake_systemd.receive(1.5)
         pings = [t for t, m in fake_systemd.messages if m.get("WATCHDOG") == "1"]
@@ -26,7 +26,7 @@ def test_daemon_reports_ready_watchdog_and_stopping(tmp_path: Path, fake_systemd
         assert max(gaps) < 0.4
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(20) == 0
-        stopping = fake_systemd.wait_for(lambda m: m.get("STOPPING") == "1", timeout=2)
+        _, stopping = fake_systemd.wait_for(lambda m: m.get("STOPPING") == "1", timeout=2)
         assert stopping["STATUS"].startswith("draining")
     finally:
         stop_daemon(daemon)
@@ -43,19 +43,22 @@ def test_no_watchdog_without_watchdog_usec(tmp_path: Path, fake_systemd: FakeSys
 
 
 async def test_watchdog_stops_while_the_event_loop_is_blocked(fake_systemd: FakeSystemd) -> None:
-    notify = Notifier(str(fake_systemd.path), watchdog_s=0.1)
+    notify = Notifier(str(fake_systemd.path), watchdog_s=0.2)
     task = asyncio.create_task(notify.watchdog(lambda: "ok"))
     try:
-        await asyncio.sleep(0.3)
-        assert len(await asyncio.to_thread(fake_systemd.receive, 0.05)) >= 2
-        time.sleep(0.6)  # the event loop is blocked: no ping may be sent in this time
-        blocked = await asyncio.to_thread(fake_systemd.receive, 0.0)
-        assert len(blocked) <= 1  # at most the ping that was due when the block began
-        await asyncio.sleep(0.3)
-        assert len(await asyncio.to_thread(fake_systemd.receive, 0.05)) >= 2  # pings resume
+        listening = asyncio.create_task(asyncio.to_thread(fake_systemd.receive, 2.0))  # a thread: not blocked
+        await asyncio.sleep(0.5)
+        blocked_at = time.monotonic()
+        time.sleep(1.0)  # the event loop is blocked
+        resumed_at = time.monotonic()
+        await listening
     finally:
         task.cancel()
         notify.close()
+    pings = [t for t, m in fake_systemd.messages if m.get("WATCHDOG") == "1"]
+    assert len([t for t in pings if t < blocked_at]) >= 3  # every 0.1 s while the loop ran
+    assert [t for t in pings if blocked_at + 0.05 < t < resumed_at] == []  # none while it was blocked
+    assert len([t for t in pings if t > resumed_at]) >= 3  # and again once it runs
 
 
 def test_abstract_socket_address() -> None:

@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import uuid
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import numpy as np
@@ -19,30 +18,12 @@ import pytest
 import soundfile as sf
 
 from emovoice_daemon import api, metrics
-from emovoice_daemon.config import LOOPBACK, Config, load_config, parse_config
+from emovoice_daemon.config import LOOPBACK, Config, parse_config
 from emovoice_daemon.daemon import Daemon
 from emovoice_daemon.rtp import RtpPacket, RtpReceiver, build_rtp
 from emovoice_daemon.simulate import play_call
 from tests.conftest import start_daemon, stop_daemon
-
-TOKEN = "s3cret-token"
-
-
-def config_text(tmp_path: Path, extra: str = "") -> str:
-    return (f"audiosocket: {{port: 0}}\napi: {{port: 0, token: {TOKEN}}}\n"
-            f"events: {{log_path: {tmp_path / 'events.jsonl'}}}\nhistory: {{path: {tmp_path / 'h.sqlite3'}}}\n{extra}")
-
-
-@pytest.fixture
-async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
-    """An in-process daemon on ephemeral loopback ports; ``extra`` config text via indirect parametrisation."""
-    daemon = Daemon(parse_config(config_text(tmp_path, getattr(request, "param", ""))))
-    await daemon.start()
-    try:
-        yield daemon
-    finally:
-        await daemon.stop()
-
+from tests.ops.conftest import TOKEN, config_text
 
 def route_paths(daemon: Daemon) -> list[tuple[str, str]]:
     """(method, concrete path) of every route of the running API."""

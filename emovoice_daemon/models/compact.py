@@ -1,12 +1,13 @@
 """Compact log-mel CNN for 3-class caller emotion, runnable on any CPU.
 
 The model takes raw waveform at ``config.sampling_rate`` (float in [-1, 1]), computes
-log-mel features with ``torch.stft`` (no torchaudio), removes the utterance's overall
-level (so line gain does not matter, spectral tilt is kept), and classifies with a
-small 2-D conv front-end, a 1-D temporal conv stack and mean+std pooling.
+log-mel features with ``torch.stft`` (no torchaudio), references them to the level of the
+window's loud (speech) frames with a fixed dynamic range (so neither line gain nor the amount of
+silence matters; spectral tilt is kept), and classifies with a small 2-D conv front-end, a 1-D temporal conv stack and mean+std pooling.
 """
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ class CompactConfig(PretrainedConfig):
     spec_time_mask_width: int = 10
     spec_freq_masks: int = 2
     spec_freq_mask_width: int = 8
+    level_quantile: float = 0.9
+    dynamic_range_db: float = 50.0
     temperature: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:
@@ -66,6 +69,7 @@ class LogMel(nn.Module):
     def __init__(self, config: CompactConfig) -> None:
         super().__init__()
         self.n_fft, self.win_length, self.hop_length = config.n_fft, config.win_length, config.hop_length
+        self.level_quantile, self.dynamic_range = config.level_quantile, config.dynamic_range_db
         # Persistent (saved with the weights) so loading never has to rebuild them.
         n = np.arange(config.win_length)
         self.register_buffer("window", torch.from_numpy((0.5 - 0.5 * np.cos(2 * np.pi * n / config.win_length)).astype(np.float32)))
@@ -74,16 +78,20 @@ class LogMel(nn.Module):
         )
 
     def forward(self, wave: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-        spec = torch.stft(
-            wave, self.n_fft, self.hop_length, self.win_length, self.window, center=True, return_complex=True
-        )
-        mel = torch.log(torch.matmul(self.filters, spec.abs().pow(2)) + 1e-8)
-        if frame_mask is None:
-            level = mel.mean(dim=(1, 2), keepdim=True)
-        else:
-            m = frame_mask[:, None, :].to(mel.dtype)
-            level = (mel * m).sum(dim=(1, 2), keepdim=True) / (m.sum(dim=(1, 2), keepdim=True) * mel.shape[1]).clamp(min=1.0)
-        return (mel - level) / 4.0
+        spec = torch.stft(wave, self.n_fft, self.hop_length, self.win_length, self.window, center=True, return_complex=True)
+        mel = torch.log(torch.matmul(self.filters, spec.abs().pow(2)) + 1e-10)
+        # Reference level: a high quantile of the frame energies (the speech, not the silence), so neither the
+        # line gain nor the amount of silence in the window changes the features; then a fixed dynamic range.
+        energy = mel.mean(dim=1)
+        valid = torch.full_like(energy[:, 0], energy.shape[1]) if frame_mask is None else frame_mask.sum(1).to(energy.dtype)
+        if frame_mask is not None:
+            energy = energy.masked_fill(~frame_mask, float("-inf"))
+        ranked = energy.sort(dim=1, descending=True).values
+        k = ((1.0 - self.level_quantile) * valid).long().clamp(min=0)
+        k = torch.minimum(k, valid.long().clamp(min=1) - 1)
+        ref = ranked.gather(1, k[:, None])[:, :, None]
+        floor = -self.dynamic_range * math.log(10.0) / 10.0
+        return (torch.clamp(mel - ref, min=floor) - floor / 2) / 4.0
 
 
 def conv2d_block(c_in: int, c_out: int) -> nn.Sequential:

@@ -1,0 +1,22 @@
+from pathlib import Path
+
+import pytest
+
+from training.config import load_config
+from training.run import TRAINER_MODULES
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_example_configs_parse(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.model_kind in TRAINER_MODULES
+    assert cfg.train_corpora and cfg.evaluation.folds >= 2
+    assert all(spec.kind != "ravdess" for spec in cfg.train_corpora)  # RAVDESS (CC BY-NC-SA) is test-only
+
+
+def test_default_config_reproduces_the_shipped_model() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[2] / "training" / "configs" / "default.yaml")
+    assert cfg.model_kind == "compact" and cfg.export_dir == Path("emovoice_daemon/models/default")
+    assert cfg.ship.startswith("fold") or cfg.ship == "final"

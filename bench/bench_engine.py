@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import resource
 import sys
@@ -194,26 +195,27 @@ async def trial(scorer: Scorer, n_legs: int, seconds: float, calls: list[np.ndar
 
 
 async def cost(scorer: Scorer, n_legs: int, n_windows: int, calls: list[np.ndarray]) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) per window with ``n_legs`` legs of ``n_windows`` windows pushed at once.
+    """(CPU seconds, wall seconds) per scored window, ``n_legs`` legs of ``n_windows`` windows each pushed at once.
 
     Independent of real-time pacing, and CPU time is far less sensitive than wall time to
-    other processes on a shared machine.
+    other processes on a shared machine. Every window must be scored (none skipped).
     """
     await scorer.start()
     done: list[WindowResult] = []
-    seconds = 3 + n_windows - 1
+    samples = (3 + n_windows - 1) * RATE
     for i in range(n_legs):
         scorer.open_leg(f"leg{i}:mixed", done.append)
     cpu, wall = time.process_time(), time.monotonic()
-    for k in range(seconds * 50):  # 20 ms chunks, legs interleaved, as fast as possible
-        for i in range(n_legs):
-            a = calls[i % len(calls)]
-            scorer.push(f"leg{i}:mixed", a[np.arange(k * 160, (k + 1) * 160) % len(a)])
-        await asyncio.sleep(0)
+    for i in range(n_legs):
+        a = calls[i % len(calls)]
+        scorer.push(f"leg{i}:mixed", a[np.arange(samples) % len(a)])
     while len(done) < n_legs * n_windows:
         await asyncio.sleep(0.01)
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     await scorer.stop()
+    skipped = sum(r.skipped is not None for r in done)
+    if skipped:
+        raise RuntimeError(f"{skipped} windows were skipped in the cost phase")
     return cpu / len(done), wall / len(done)
 
 
@@ -254,6 +256,7 @@ async def main(args: argparse.Namespace) -> None:
     pipe_cfg = PipelineConfig(window_s=3.0, hop_s=args.hop_s, vad_min_voiced=args.vad_min_voiced)
     engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_lag_s=LAG_LIMIT_S,
                               streaming=not args.no_streaming)
+    unbounded = dataclasses.replace(engine_cfg, max_lag_s=1e9)  # the cost phase scores every window
     calls = speech()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,7 +273,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"cost per window, {args.cost_legs} legs x {args.cost_windows} windows pushed at once "
               f"(a leg's first window included):")
         for name, make in (("naive", lambda: NaiveScorer(model_dir, pipe_cfg, device)),
-                           ("engine", lambda: ScoringEngine(classifier, pipe_cfg, engine_cfg))):
+                           ("engine", lambda: ScoringEngine(classifier, pipe_cfg, unbounded))):
             if name == "naive" and args.engine_only:
                 continue
             cpu_s, wall_s = await cost(make(), args.cost_legs, args.cost_windows, calls)

@@ -28,7 +28,7 @@ import aiohttp
 import yaml
 
 from bench.loadgen import (MALFORMED, FakeSystemd, PeerResult, abrupt, healthy, malformed, never_reads, rss_bytes,
-                           slow_loris, voiced_audio, windows_due)
+                           slow_loris, unit_environment, voiced_audio, windows_due)
 
 TOKEN = "bench-token"
 COUNTED = ("call.started", "score", "call.ended")
@@ -58,7 +58,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "emovoice_daemon.cli", "run", "-c", str(self.config_path)], cwd=self.workdir,
             stdout=subprocess.DEVNULL, stderr=open(self.workdir / "daemon.stderr", "ab"),
-            env={**os.environ, **self.notify.env(watchdog_s=5.0)})
+            env={**os.environ, **unit_environment(), **self.notify.env(watchdog_s=5.0)})
         arrived, _ = self.notify.wait_for(lambda m: m.get("READY") == "1", timeout=120)
         return arrived - started
 
@@ -158,6 +158,7 @@ async def load_rounds(daemon: Daemon, args: argparse.Namespace) -> tuple[list[st
     await asyncio.sleep(1.0)
     baseline = daemon.rss
     lines.append(f"RSS baseline (after a warm-up of 4 calls): {baseline / 2**20:.1f} MiB")
+    after_rounds = []
     for n in range(1, args.rounds + 1):
         ws_events: list[dict] = []
         subscribed = asyncio.Event()
@@ -173,6 +174,7 @@ async def load_rounds(daemon: Daemon, args: argparse.Namespace) -> tuple[list[st
         sampler.cancel()
         watcher.cancel()
         after = daemon.rss
+        after_rounds.append(after)
         figures, found = check_round(results, daemon.events(), ws_events, args.idle_timeout)
         problems += [f"round {n}: {p}" for p in found]
         kinds = Counter(r.kind for r in results if r.kind != "healthy")
@@ -182,6 +184,11 @@ async def load_rounds(daemon: Daemon, args: argparse.Namespace) -> tuple[list[st
                   f"received {figures['log']} in the JSONL log, {figures['ws']} on the /events WebSocket",
                   f"  peak RSS {peak[0] / 2**20:.1f} MiB, RSS after {after / 2**20:.1f} MiB "
                   f"({(after - baseline) / 2**20:+.1f} MiB vs baseline)"]
+    if len(after_rounds) > 1:
+        calls = args.calls * (len(after_rounds) - 1)
+        grown = after_rounds[-1] - after_rounds[0]
+        lines.append(f"RSS growth after round 1 (first full-load working set): {grown / 2**20:+.1f} MiB over {calls} "
+                     f"more calls ({grown / calls / 2**10:+.0f} KiB per call)")
     return lines, problems
 
 

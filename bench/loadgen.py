@@ -153,6 +153,15 @@ async def malformed(host: str, port: int, variant: str, limit_s: float = 5.0) ->
     return PeerResult(variant, call_id, closed_after_s=closed)
 
 
+def unit_environment(unit: Path = Path(__file__).resolve().parents[1] / "systemd" / "emovoice.service") -> dict[str, str]:
+    """The ``Environment=`` of the systemd unit, so measured daemons run as installed ones do."""
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            env.update(item.split("=", 1) for item in line[len("Environment="):].split())
+    return env
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import (MALFORMED, abrupt, healthy, malformed, never_reads, rss_bytes, slow_loris, voiced_audio,
-                           windows_due)
+from bench.loadgen import (MALFORMED, abrupt, healthy, malformed, never_reads, rss_bytes, slow_loris, unit_environment,
+                           voiced_audio, windows_due)
 from emovoice_daemon import engine
 from emovoice_daemon.audiosocket import Connection
 from emovoice_daemon.calls import Leg
@@ -102,8 +102,8 @@ async def test_nothing_per_call_is_left_behind(running: Daemon, monkeypatch: pyt
 
 
 async def test_rss_returns_to_baseline_after_calls(tmp_path: Path) -> None:
-    """RSS is noisy (allocator arenas); with MALLOC_ARENA_MAX=2, as the systemd unit sets, it settles."""
-    daemon = start_daemon(tmp_path, {"engine": {"max_lag_s": 30.0}}, env={"MALLOC_ARENA_MAX": "2"})
+    """With the systemd unit's environment (allocator arenas, oneDNN cache) RSS settles after the calls."""
+    daemon = start_daemon(tmp_path, {"engine": {"max_lag_s": 30.0}}, env=unit_environment())
     try:
         async def round_of_calls() -> None:
             results = await asyncio.gather(*(healthy("127.0.0.1", daemon.audiosocket_port,

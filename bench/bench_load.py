@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -98,12 +99,14 @@ async def sample_rss(daemon: Daemon, peak: list[int]) -> None:
         await asyncio.sleep(0.2)
 
 
-async def one_round(daemon: Daemon, calls: int, seconds: float, idle_timeout_s: float) -> list[PeerResult]:
+async def one_round(daemon: Daemon, calls: int, seconds: float, idle_timeout_s: float,
+                    rng: random.Random) -> list[PeerResult]:
     """``calls`` healthy calls plus the faults, all at once; returns every peer's result."""
     host, port = "127.0.0.1", daemon.as_port
     limit = idle_timeout_s + 5
     peers = [healthy(host, port, voiced_audio(seconds, seed=i)) for i in range(calls)]
-    peers += [abrupt(host, port, voiced_audio(seconds, seed=100 + i), after_s=1.0 + i % 3) for i in range(calls // 5)]
+    peers += [abrupt(host, port, voiced_audio(seconds, seed=100 + i), after_s=rng.uniform(0.2, seconds - 1))
+              for i in range(calls // 5)]
     peers += [slow_loris(host, port, limit) for _ in range(2)]
     peers += [never_reads(host, port, voiced_audio(2, seed=7), limit) for _ in range(2)]
     peers += [malformed(host, port, variant) for variant in MALFORMED for _ in range(2)]
@@ -151,6 +154,7 @@ def check_round(results: list[PeerResult], log_events: list[dict], ws_events: li
 
 async def load_rounds(daemon: Daemon, args: argparse.Namespace) -> tuple[list[str], list[str]]:
     lines, problems = [], []
+    rng = random.Random(args.seed)
     warm = await asyncio.gather(*(healthy("127.0.0.1", daemon.as_port, voiced_audio(4, seed=i), speed=4.0)
                                   for i in range(4)))
     assert not any(r.error for r in warm), warm
@@ -167,7 +171,7 @@ async def load_rounds(daemon: Daemon, args: argparse.Namespace) -> tuple[list[st
         peak = [daemon.rss]
         sampler = asyncio.create_task(sample_rss(daemon, peak))
         started = time.monotonic()
-        results = await one_round(daemon, args.calls, args.seconds, args.idle_timeout)
+        results = await one_round(daemon, args.calls, args.seconds, args.idle_timeout, rng)
         await wait_idle(daemon)
         took = time.monotonic() - started
         await asyncio.sleep(1.0)  # the last events reach the WebSocket
@@ -227,6 +231,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20, help="concurrent healthy calls")
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per healthy call (played in real time)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the abrupt disconnect times")
     parser.add_argument("--idle-timeout", type=float, default=3.0, help="audiosocket.idle_timeout_s of the daemon")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="evbench") as tmp:

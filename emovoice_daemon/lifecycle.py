@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from .config import Config, ConfigError, load_config
 from .eventlog import EventLogError
 from .notifier import load_agent_tokens
-from .policy import profile_for
+from .policy import policy_factory, profile_for
 from .sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def reload_config(daemon: "Daemon") -> bool:
         return False
     cfg = daemon.config
     cfg.escalation = new.escalation
+    daemon.calls.policy_factory = policy_factory(new.escalation)
     for leg in list(daemon.calls.legs.values()):
         leg.policy.cfg = profile_for(new.escalation, leg.meta)
     if daemon.notifier is not None:

@@ -17,11 +17,11 @@ from emovoice_daemon.eventlog import EventLog, EventLogError
 WRITER = """
 import sys
 from emovoice_daemon.eventlog import EventLog
-log = EventLog(sys.argv[1], fsync_interval_s=1000)
+log = EventLog(sys.argv[1], rotate_bytes=10**12, fsync_interval_s=1000)
 i = 0
 print("go", flush=True)
 while True:
-    log.write({"seq": i, "pad": "x" * (i % 5000)})
+    log.write({"seq": i, "pad": "x" * (i % 500)})
     i += 1
 """
 

@@ -112,10 +112,13 @@ class NaiveScorer:
 
     def push(self, leg_id: str, pcm: np.ndarray) -> None:
         ring, _, next_end = self.legs[leg_id]
-        ring.write(pcm)
-        if ring.total >= next_end[0]:
-            self.queue.put_nowait((leg_id, next_end[0], ring.last(self.window), time.monotonic()))
-            next_end[0] += self.hop
+        while len(pcm):
+            take = min(len(pcm), next_end[0] - ring.total)
+            ring.write(pcm[:take])
+            pcm = pcm[take:]
+            if ring.total == next_end[0]:
+                self.queue.put_nowait((leg_id, next_end[0], ring.last(self.window), time.monotonic()))
+                next_end[0] += self.hop
 
     def leg_bytes(self, leg_id: str) -> int:
         return self.legs[leg_id][0].buf.nbytes
@@ -255,7 +258,7 @@ async def main(args: argparse.Namespace) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe_cfg = PipelineConfig(window_s=3.0, hop_s=args.hop_s, vad_min_voiced=args.vad_min_voiced)
     engine_cfg = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_lag_s=LAG_LIMIT_S,
-                              streaming=not args.no_streaming)
+                              streaming=not args.no_streaming, stream_drift=args.stream_drift)
     unbounded = dataclasses.replace(engine_cfg, max_lag_s=1e9)  # the cost phase scores every window
     calls = speech()
     load = os.getloadavg()
@@ -313,6 +316,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of linear layers (CPU)")
     p.add_argument("--no-streaming", action="store_true", help="engine without the streaming front-end")
+    p.add_argument("--stream-drift", type=float, default=0.05, help="engine.stream_drift (1e9: never recompute)")
     p.add_argument("--vad-min-voiced", type=float, default=0.0, help="0 scores every window, like the naive path")
     p.add_argument("--engine-only", action="store_true")
     p.add_argument("--skip-trials", action="store_true", help="cost per window only, no real-time search")

@@ -155,14 +155,14 @@ def check_round(results: list[PeerResult], log_events: list[dict], ws_events: li
 async def load_rounds(daemon: Daemon, args: argparse.Namespace) -> tuple[list[str], list[str]]:
     lines, problems = [], []
     rng = random.Random(args.seed)
-    warm = await asyncio.gather(*(healthy("127.0.0.1", daemon.as_port, voiced_audio(4, seed=i), speed=4.0)
-                                  for i in range(4)))
+    warm = await asyncio.gather(*(healthy("127.0.0.1", daemon.as_port, voiced_audio(args.seconds, seed=i), speed=2.0)
+                                  for i in range(args.calls)))
     assert not any(r.error for r in warm), warm
     await wait_idle(daemon)
     await asyncio.sleep(1.0)
     baseline = daemon.rss
-    lines.append(f"RSS baseline (after a warm-up of 4 calls): {baseline / 2**20:.1f} MiB")
-    after_rounds = []
+    lines.append(f"RSS baseline (idle, after a warm-up round of {args.calls} calls): {baseline / 2**20:.1f} MiB")
+    after_rounds: list[int] = []
     for n in range(1, args.rounds + 1):
         ws_events: list[dict] = []
         subscribed = asyncio.Event()
@@ -188,11 +188,10 @@ async def load_rounds(daemon: Daemon, args: argparse.Namespace) -> tuple[list[st
                   f"received {figures['log']} in the JSONL log, {figures['ws']} on the /events WebSocket",
                   f"  peak RSS {peak[0] / 2**20:.1f} MiB, RSS after {after / 2**20:.1f} MiB "
                   f"({(after - baseline) / 2**20:+.1f} MiB vs baseline)"]
-    if len(after_rounds) > 1:
-        calls = args.calls * (len(after_rounds) - 1)
-        grown = after_rounds[-1] - after_rounds[0]
-        lines.append(f"RSS growth after round 1 (first full-load working set): {grown / 2**20:+.1f} MiB over {calls} "
-                     f"more calls ({grown / calls / 2**10:+.0f} KiB per call)")
+    calls = args.calls * len(after_rounds)
+    grown = after_rounds[-1] - baseline
+    lines.append(f"RSS after the last round vs baseline: {grown / 2**20:+.1f} MiB over {calls} calls "
+                 f"({grown / calls / 2**10:+.0f} KiB per call)")
     return lines, problems
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError, load_config
 from .eventlog import EventLogError
+from .models.loader import ModelError
 from .notifier import load_agent_tokens
 from .policy import policy_factory, profile_for
 from .sdnotify import Notifier
@@ -114,8 +115,10 @@ async def serve(daemon: "Daemon") -> None:
     check_ports_free(daemon.config)
     try:
         await daemon.start()
-    except EventLogError as exc:
+    except (EventLogError, ModelError) as exc:
         raise StartupError(str(exc)) from None
+    except ConfigError as exc:
+        raise StartupError("; ".join(exc.errors)) from None
     except OSError as exc:
         raise StartupError(f"{exc} (check the listener addresses and api.tls_cert/tls_key)") from None
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -173,3 +173,21 @@ async def test_sigterm_does_not_wait_for_idle_websocket_clients(tmp_path: Path) 
         assert "drain took longer" not in daemon.stderr_path.read_text()
     finally:
         stop_daemon(daemon)
+
+
+def test_unusable_files_stop_the_start_with_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    base = {"audiosocket": {"port": free_port()}, "api": {"port": free_port(), "token": "t"},
+            "history": {"path": str(tmp_path / "h.sqlite3")}}
+    cases = [
+        ({"events": {"log_path": str(tmp_path / "not-a-dir" / "events.jsonl")}}, "event log"),
+        ({"events": {"log_path": str(tmp_path / "e.jsonl")}, "notifier": {"agents_file": str(tmp_path / "none.yaml")}},
+         "notifier.agents_file: cannot read"),
+        ({"events": {"log_path": str(tmp_path / "e.jsonl")}, "model": {"path": str(tmp_path / "no-model")}}, "no-model"),
+        ({"events": {"log_path": str(tmp_path / "e.jsonl")},
+          "api": {"port": free_port(), "token": "t", "tls_cert": str(tmp_path / "missing.pem")}}, "api.tls_cert"),
+    ]
+    for overrides, message in cases:
+        code, stderr, _ = run_second({**base, **overrides}, tmp_path)
+        assert code == 1 and "emovoice-daemon: cannot start:" in stderr and message in stderr, stderr[-2000:]
+        assert "Traceback" not in stderr

@@ -43,6 +43,8 @@ def test_unit_is_a_hardened_notify_service(unit: dict[str, list[str]]) -> None:
     for key, value in expected.items():
         assert unit[f"Service.{key}"] == [value], key
     assert int(unit["Service.WatchdogSec"][0]) > 0
+    assert unit["Service.SystemCallErrorNumber"] == ["EPERM"]  # a filtered syscall must not kill live calls
+    assert "Service.ProcSubset" not in unit  # ProcSubset=pid hides /proc/loadavg, which /health reads
 
 
 def test_only_history_and_event_log_are_writable_and_match_the_config(unit: dict[str, list[str]]) -> None:

@@ -202,6 +202,9 @@ class _Registration:
     on_timeout: TimeoutHandler | None
 
 
+REJECT_LOG_INTERVAL_S = 60.0
+
+
 class RtpReceiver(asyncio.DatagramProtocol):
     """UDP endpoint for every RTP stream; streams are registered by their source address."""
 
@@ -212,6 +215,8 @@ class RtpReceiver(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rejected = 0  # datagrams from unregistered sources since the last log line
+        self._rejected_logged = -REJECT_LOG_INTERVAL_S
 
     async def start(self, host: str, port: int) -> Address:
         """Bind the UDP socket; returns the bound (host, port)."""
@@ -249,6 +254,7 @@ class RtpReceiver(asyncio.DatagramProtocol):
         reg = self._streams.get(_key(addr[:2]))
         if reg is None:
             metrics.RTP_DROPPED.labels("unknown_source").inc()
+            self._log_reject(addr)
             return
         try:
             packet = parse_rtp(data)
@@ -261,6 +267,15 @@ class RtpReceiver(asyncio.DatagramProtocol):
         except Exception:  # one stream's sink failing must not stop the others
             log.exception("RTP stream from %s failed; ending it", addr)
             self._end(_key(addr[:2]), reg)
+
+    def _log_reject(self, addr: tuple) -> None:
+        """Log datagrams from sources no call registered: at most one line a minute, however many arrive."""
+        self._rejected += 1
+        now = time.monotonic()
+        if now - self._rejected_logged >= REJECT_LOG_INTERVAL_S:
+            log.warning("RTP: dropped %d datagram(s) from sources no call registered, latest from %s:%s",
+                        self._rejected, *addr[:2])
+            self._rejected, self._rejected_logged = 0, now
 
     def _finish(self, stream: RtpStream) -> None:
         try:

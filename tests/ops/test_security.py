@@ -123,7 +123,7 @@ async def test_audiosocket_rejects_and_logs_peers_outside_allow(tmp_path: Path) 
         stop_daemon(daemon)
 
 
-async def test_rtp_from_an_unregistered_source_is_dropped() -> None:
+async def test_rtp_from_an_unregistered_source_is_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     received: list[np.ndarray] = []
     receiver = RtpReceiver()
     host, port = await receiver.start("127.0.0.1", 0)
@@ -133,10 +133,15 @@ async def test_rtp_from_an_unregistered_source_is_dropped() -> None:
             stranger.bind(("127.0.0.1", 0))
             receiver.add_stream(("127.0.0.1", 1), "ulaw", received.append)  # some other, allowed source
             before = metrics.RTP_DROPPED.labels("unknown_source")._value.get()
-            stranger.sendto(packet, (host, port))
+            for _ in range(3):
+                stranger.sendto(packet, (host, port))
             await asyncio.sleep(0.2)
-        assert metrics.RTP_DROPPED.labels("unknown_source")._value.get() == before + 1
+            stranger_port = stranger.getsockname()[1]
+        assert metrics.RTP_DROPPED.labels("unknown_source")._value.get() == before + 3
         assert received == []
+        rejects = [r.getMessage() for r in caplog.records if "no call registered" in r.getMessage()]
+        assert rejects == [f"RTP: dropped 1 datagram(s) from sources no call registered, latest from "
+                           f"127.0.0.1:{stranger_port}"]  # one line, not one per datagram
     finally:
         await receiver.stop()
 

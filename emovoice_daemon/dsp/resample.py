@@ -34,7 +34,8 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     if src_rate == dst_rate:
         return x
     up, down = _ratio(src_rate, dst_rate)
-    return signal.resample_poly(x, up, down, window=lowpass(up, down)).astype(np.float32)
+    # resample_poly scales a given filter by ``up`` itself: hand it the unity-gain prototype
+    return signal.resample_poly(x, up, down, window=lowpass(up, down) / up).astype(np.float32)
 
 
 class StreamResampler:
@@ -42,7 +43,7 @@ class StreamResampler:
 
     def __init__(self, src_rate: int, dst_rate: int) -> None:
         self.up, self.down = _ratio(src_rate, dst_rate)
-        self._h = lowpass(self.up, self.down)
+        self._h = lowpass(self.up, self.down) if (self.up, self.down) != (1, 1) else np.ones(1)
         self._zi = np.zeros(len(self._h) - 1)
         self._phase = 0  # index, in the upsampled stream, of the next output sample to keep
 

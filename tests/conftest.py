@@ -1,6 +1,7 @@
 """Fixtures shared by every test area: real peers' audio, free ports, a daemon subprocess."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -135,11 +136,17 @@ def stop_daemon(daemon: DaemonProcess) -> None:
             daemon.proc.wait()
 
 
+@contextlib.contextmanager
+def running(daemon: DaemonProcess) -> Iterator[DaemonProcess]:
+    """Stop ``daemon`` when the block ends, however it ends."""
+    try:
+        yield daemon
+    finally:
+        stop_daemon(daemon)
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    """A running daemon on the untrained placeholder model (or the shipped default when present)."""
-    d = start_daemon(tmp_path)
-    try:
+    """A running daemon on the shipped default model (the untrained placeholder when none is shipped)."""
+    with running(start_daemon(tmp_path)) as d:
         yield d
-    finally:
-        stop_daemon(d)

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import DaemonProcess, start_daemon, stop_daemon
+from tests.conftest import DaemonProcess, running, start_daemon
 
 SCRIPTED_SITE = Path(__file__).resolve().parent / "scripted_site"
 AGENT_TOKEN = "agent-1001-token"
@@ -32,8 +32,5 @@ def start_scripted_daemon(tmp_path: Path, overrides: dict | None = None) -> Daem
 
 @pytest.fixture
 def scripted_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    d = start_scripted_daemon(tmp_path)
-    try:
+    with running(start_scripted_daemon(tmp_path)) as d:
         yield d
-    finally:
-        stop_daemon(d)

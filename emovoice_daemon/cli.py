@@ -24,12 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
 
     config = _load_or_exit(args.config)
-    try:
-        asyncio.run(Daemon(config).run())
-    except ConfigError as exc:  # a file the config names (agents_file, ...) turned out bad at start
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return 2
+    asyncio.run(Daemon(config).run())  # start failures exit 1 with one "cannot start" line (lifecycle)
     return 0
 
 

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,6 @@ from emovoice_daemon.events import EventBus
 from emovoice_daemon.notifier import AgentNotifier, load_agent_tokens
 
 from .browser import Browser
-from .conftest import SCRIPTED_SITE
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 API_TOKEN = "api-token"
@@ -179,42 +175,3 @@ async def test_page_with_wrong_token_shows_login_form(client) -> None:
         await browser.goto(str(client.make_url("/agent/")) + "#agent=1001&token=wrong")
         await browser.wait_for("document.getElementById('status').textContent === 'wrong agent or token'")
         assert await browser.js("document.getElementById('login').hidden") is False
-
-
-def test_daemon_with_unreadable_agents_file_exits_with_a_clear_error(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"api: {{port: 0, token: t}}\naudiosocket: {{port: 0}}\nnotifier: {{agents_file: {tmp_path}/nope.yaml}}\n"
-                   f"events: {{log_path: {tmp_path}/e.jsonl}}\nhistory: {{path: {tmp_path}/h.sqlite3}}\n")
-    done = subprocess.run([sys.executable, "-m", "emovoice_daemon.cli", "run", "-c", str(cfg)], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(SCRIPTED_SITE)})
-    assert done.returncode == 2, done.stderr
-    assert f"{tmp_path}/nope.yaml:0: notifier.agents_file: cannot read" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-async def test_close_sends_going_away_to_every_agent(client, agents: AgentNotifier) -> None:
-    ws1 = await connect(client, "1001", "tok-1001")
-    ws2 = await connect(client, "1002", "tok-1002")
-    await next_json(ws1)
-    await next_json(ws2)
-    await agents.close()
-    for ws in (ws1, ws2):
-        msg = await asyncio.wait_for(ws.receive(), 5)
-        assert msg.type == WSMsgType.CLOSE and msg.data == 1001 and msg.extra == "daemon stopping"
-    for _ in range(50):
-        if not agents.sockets:
-            break
-        await asyncio.sleep(0.02)
-    assert agents.sockets == set() and agents.connections == {}
-
-
-async def test_page_reconnects_after_the_daemon_closes_its_socket(client, agents: AgentNotifier, bus: EventBus) -> None:
-    async with Browser() as browser:
-        await browser.goto(str(client.make_url("/agent/")) + "#agent=1001&token=tok-1001")
-        await browser.wait_for("document.getElementById('status').textContent === 'agent 1001'")
-        await agents.close()
-        await browser.wait_for("document.getElementById('status').textContent === 'reconnecting...'", poll=0.02)
-        await browser.wait_for("document.getElementById('status').textContent === 'agent 1001'")
-        start(bus, "call-after", agent="1001")
-        raise_(bus, "call-after", severity="watch")
-        assert await browser.wait_for("document.querySelector('.prompt.watch .phrase')?.textContent") == PHRASES["watch"]

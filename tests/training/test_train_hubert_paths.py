@@ -70,7 +70,7 @@ def test_superb_head_on_cached_features_matches_full_model(pretrained: str, tmp_
     backbone = HubertModel.from_pretrained(pretrained)
     for k, v in backbone.state_dict().items():
         torch.testing.assert_close(model.hubert.state_dict()[k], v)
-    assert float(model.layer_weights.max() - model.layer_weights.min()) > 1e-4
+    assert float((model.layer_weights.max() - model.layer_weights.min()).detach()) > 1e-4
     # Caching per-layer pooled features is exact: head(cache) == full forward on the waveform.
     with torch.no_grad():
         cached = train_superb.head_logits(model, torch.from_numpy(train_superb.layer_features(model, waves[:4]))).numpy()

@@ -50,7 +50,6 @@ class Trained:
     temperature: float
     history: list[dict]
     val_speakers: list[str]
-    train_speakers: list[str]
 
 
 def train_on(cfg: RunConfig, data: Corpus, indices: np.ndarray, seed: int, log: Log) -> Trained:
@@ -72,8 +71,7 @@ def train_on(cfg: RunConfig, data: Corpus, indices: np.ndarray, seed: int, log: 
         log(f"NEGATIVE logit shifted by {shift:.2f} for validation recall >= {target}")
     temperature = fit_temperature(val_logits, data.labels[va])
     log(f"temperature {temperature:.3f}")
-    speakers = lambda idx: sorted({data.utts[i].speaker for i in idx})  # noqa: E731
-    return Trained(model, temperature, history, speakers(va), speakers(tr))
+    return Trained(model, temperature, history, sorted({data.utts[i].speaker for i in va}))
 
 
 def fold_dir(cfg: RunConfig) -> Path:
@@ -126,7 +124,7 @@ def finalize(cfg: RunConfig, log: Log = print) -> dict:
         k = int(cfg.ship[4:])
         record = next(r for r in records if r["fold"] == k)
         model = AutoModelForAudioClassification.from_pretrained(fold_dir(cfg) / f"fold{k}_model")
-        shipped = Trained(model, record["temperature"], record["history"], record["val_speakers"], [])
+        shipped = Trained(model, record["temperature"], record["history"], record["val_speakers"])
         ship_note = (f"the fold-{k + 1} model, trained on that fold's training speakers minus its validation speakers; "
                      f"its test speakers ({len(record['test_speakers'])}) were never seen")
         ship_eval = {train_name: record["train"][train_name], **record["tests"]}

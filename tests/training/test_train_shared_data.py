@@ -2,7 +2,6 @@
 from collections import Counter
 
 import numpy as np
-import pytest
 from synthetic_audio import require_shared
 from transformers import AutoConfig, AutoModelForAudioClassification
 

@@ -85,13 +85,13 @@ class SipEndpoint:
         if not self._allowed(peer):
             log.warning("SIP INVITE via %s refused: not in sip.allow", peer)
             metrics.SIP_CALLS.labels("refused").inc()
-            call.deny()
+            _deny(call)
             return
         fmt = self._choose_codec(call)
         if fmt is None:
             log.warning("SIP call from %s offers no G.711 codec; refused", peer)
             metrics.SIP_CALLS.labels("no_codec").inc()
-            call.deny()
+            _deny(call)
             return
         meta = {"caller": _from_number(call.request), "peer": peer, "sip_call_id": call.call_id, "codec": fmt}
         leg, stream = asyncio.run_coroutine_threadsafe(self._open(call, fmt, meta), self._loop).result(5)
@@ -147,6 +147,16 @@ def _receive(stream: RtpStream, raw: bytes) -> None:
         stream.receive(packet)
     except Exception:  # a failing leg must not stop pyVoIP's receiver thread
         log.exception("SIP RTP stream failed")
+
+
+def _deny(call: VoIPCall) -> None:
+    """Answer 486 Busy Here. pyVoIP's ``deny()`` sends it, then stops RTP clients it never started and raises
+    ``AttributeError`` before it forgets the call; finish that bookkeeping here."""
+    try:
+        call.deny()
+    except AttributeError:
+        call.state = CallState.ENDED
+        call.phone.calls.pop(call.request.headers["Call-ID"], None)
 
 
 def _from_number(request: Any) -> str:

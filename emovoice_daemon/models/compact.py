@@ -42,7 +42,6 @@ class CompactConfig(PretrainedConfig):
     spec_freq_mask_width: int = 8
     level_quantile: float = 0.9
     dynamic_range_db: float = 50.0
-    band_normalization: bool = False
     temperature: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:
@@ -71,7 +70,6 @@ class LogMel(nn.Module):
         super().__init__()
         self.n_fft, self.win_length, self.hop_length = config.n_fft, config.win_length, config.hop_length
         self.level_quantile, self.dynamic_range = config.level_quantile, config.dynamic_range_db
-        self.band_normalization = config.band_normalization
         # Persistent (saved with the weights) so loading never has to rebuild them.
         n = np.arange(config.win_length)
         self.register_buffer("window", torch.from_numpy((0.5 - 0.5 * np.cos(2 * np.pi * n / config.win_length)).astype(np.float32)))
@@ -93,11 +91,7 @@ class LogMel(nn.Module):
         k = torch.minimum(k, valid.long().clamp(min=1) - 1)
         ref = ranked.gather(1, k[:, None])[:, :, None]
         floor = -self.dynamic_range * math.log(10.0) / 10.0
-        mel = torch.clamp(mel - ref, min=floor) - floor / 2
-        if self.band_normalization:  # remove the stationary channel colouring (microphone, handset) per mel band
-            w = torch.ones_like(energy) if frame_mask is None else frame_mask.to(mel.dtype)
-            mel = mel - (mel * w[:, None]).sum(-1, keepdim=True) / w.sum(-1).clamp(min=1.0)[:, None, None]
-        return mel / 4.0
+        return (torch.clamp(mel - ref, min=floor) - floor / 2) / 4.0
 
 
 def conv2d_block(c_in: int, c_out: int) -> nn.Sequential:

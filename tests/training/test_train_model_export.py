@@ -133,12 +133,3 @@ def test_end_to_end_train_export_load_score(tmp_path: Path) -> None:
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         load_config(write_config(tmp_path, tmp_path, epochz=3))
-
-
-def test_band_normalization_removes_each_bands_mean_and_is_off_by_default() -> None:
-    x = torch.from_numpy(synth("chirp", 3.0, 8000, 3))[None]
-    on = CompactForAudioClassification(CompactConfig(**TINY, band_normalization=True)).features(x, None)
-    off = tiny_model().features(x, None)
-    torch.testing.assert_close(on.mean(-1), torch.zeros_like(on.mean(-1)), atol=1e-5, rtol=0)
-    assert off.mean(-1).abs().max() > 0.1
-    assert CompactConfig().band_normalization is False

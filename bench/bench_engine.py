@@ -57,12 +57,17 @@ class Scorer(Protocol):
     def push(self, leg_id: str, pcm: np.ndarray) -> None: ...
 
 
-def distilhubert_dir(path: Path) -> Path:
-    """Save a randomly initialised DistilHuBERT-shaped classifier as an HF directory."""
+def distilhubert_dir(path: Path, front_end_norm: str = "group") -> Path:
+    """Save a randomly initialised DistilHuBERT-shaped classifier as an HF directory.
+
+    ``front_end_norm="layer"``: per-frame LayerNorm in every CNN layer (HuBERT-large's choice) instead of
+    DistilHuBERT's whole-input GroupNorm in the first, i.e. a model trained to stream exactly.
+    """
     from transformers import HubertConfig, HubertForSequenceClassification, Wav2Vec2FeatureExtractor
 
     torch.manual_seed(0)
-    config = HubertConfig(num_hidden_layers=2, num_labels=3, id2label=dict(enumerate(LABELS)),
+    config = HubertConfig(num_hidden_layers=2, num_labels=3, feat_extract_norm=front_end_norm,
+                          id2label=dict(enumerate(LABELS)),
                           label2id={k: i for i, k in enumerate(LABELS)})
     HubertForSequenceClassification(config).save_pretrained(path)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False).save_pretrained(path)
@@ -263,7 +268,7 @@ async def main(args: argparse.Namespace) -> None:
     calls = speech()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = distilhubert_dir(Path(tmp) / "distilhubert-shaped")
+        model_dir = distilhubert_dir(Path(tmp) / "distilhubert-shaped", args.front_end_norm)
         base_rss = rss_mb()
         classifier = load_classifier(ModelConfig(path=str(model_dir), device=device, threads=args.threads,
                                                  quantize_int8=args.int8))
@@ -271,7 +276,7 @@ async def main(args: argparse.Namespace) -> None:
         model_rss = rss_mb()
         print(f"device {device} ({torch.get_num_threads()} threads), load average {load[0]:.2f} on "
               f"{os.cpu_count()} CPUs; DistilHuBERT-shaped model, {params:.1f} M parameters"
-              f"{', int8 linear layers' if args.int8 else ''}; {len(calls)} speech loops; RSS with model "
+              f" ({args.front_end_norm}-norm front-end){', int8 linear layers' if args.int8 else ''}; {len(calls)} speech loops; RSS with model "
               f"{model_rss:.0f} MB (+{model_rss - base_rss:.0f} MB)")
         print(f"cost per window, {args.cost_legs} legs x {args.cost_windows} windows pushed at once "
               f"(a leg's first window included):")
@@ -314,6 +319,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--front-end-norm", choices=("group", "layer"), default="group",
+                   help="group: DistilHuBERT as released; layer: per-frame LayerNorm CNN, which streams exactly")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of linear layers (CPU)")
     p.add_argument("--no-streaming", action="store_true", help="engine without the streaming front-end")
     p.add_argument("--stream-drift", type=float, default=0.05, help="engine.stream_drift (1e9: never recompute)")

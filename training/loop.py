@@ -35,6 +35,16 @@ class TrainSettings:
     eval_batch_size: int = 64
 
 
+@dataclass
+class TrainData:
+    """Clean 8 kHz training clips (degraded on the fly) and validation clips already in the validation condition."""
+
+    train_waves: Sequence[np.ndarray]
+    train_labels: np.ndarray
+    val_waves: Sequence[np.ndarray]
+    val_labels: np.ndarray
+
+
 def model_rate(model: PreTrainedModel) -> int:
     """Input sampling rate of a model (stored in its config)."""
     return int(getattr(model.config, "sampling_rate", TELEPHONE_RATE))
@@ -103,22 +113,10 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def fit(
-    model: PreTrainedModel,
-    train_waves: Sequence[np.ndarray],
-    train_labels: np.ndarray,
-    val_waves: Sequence[np.ndarray],
-    val_labels: np.ndarray,
-    settings: TrainSettings,
-    augment: TelephonyAugment,
-    seed: int,
-    log: Log = print,
-) -> list[dict]:
-    """Train in place; keeps the epoch with the best validation UAR. Returns per-epoch history.
-
-    ``train_waves`` are clean 8 kHz clips (degraded on the fly); ``val_waves`` are already in the
-    validation condition.
-    """
+def fit(model: PreTrainedModel, data: TrainData, settings: TrainSettings, augment: TelephonyAugment, seed: int,
+        log: Log = print) -> list[dict]:
+    """Train in place; keeps the epoch with the best validation UAR. Returns per-epoch history."""
+    train_waves, train_labels, val_waves, val_labels = data.train_waves, data.train_labels, data.val_waves, data.val_labels
     torch.manual_seed(seed)
     dev = _device(model)
     labels_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -168,3 +166,12 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def train_end_to_end(build: Callable[[dict], PreTrainedModel], options: dict, data: TrainData, settings: TrainSettings,
+                     augment: TelephonyAugment, seed: int, log: Log = print) -> tuple[PreTrainedModel, list[dict]]:
+    """Seeded ``build(options)``, then :func:`fit` on the GPU when there is one; returns the model on the CPU."""
+    torch.manual_seed(seed)
+    model = build(options).to("cuda" if torch.cuda.is_available() else "cpu")
+    history = fit(model, data, settings, augment, seed, log)
+    return model.cpu(), history

@@ -18,7 +18,7 @@ from training.config import CorpusSpec, RunConfig
 from training.corpora import CLASSES, NEGATIVE, Utterance, load_corpus
 from training.evaluate import condition_waves, evaluate, headline, metrics_table, save_confusions, summarize_folds
 from training.export import card_meta, render_card, save_model_dir
-from training.loop import Log, predict_logits
+from training.loop import Log, TrainData, predict_logits
 from training.operating_point import recall_bias, shift_output
 from training.splits import holdout_speakers, speaker_folds
 
@@ -59,9 +59,8 @@ def train_on(cfg: RunConfig, data: Corpus, indices: np.ndarray, seed: int, log: 
     val_waves = condition_waves(data.store, va, "telephony", cfg.evaluation.window_seconds)
     trainer = importlib.import_module(TRAINER_MODULES[cfg.model_kind])
     log(f"training {cfg.model_kind} on {len(tr)} clips, validating on {len(va)} clips")
-    model, history = trainer.train(
-        cfg.model, [data.store[i] for i in tr], data.labels[tr], val_waves, data.labels[va], cfg.train, cfg.augment, seed, log
-    )
+    split = TrainData([data.store[i] for i in tr], data.labels[tr], val_waves, data.labels[va])
+    model, history = trainer.train(cfg.model, split, cfg.train, cfg.augment, seed, log)
     val_logits = predict_logits(model, val_waves)
     target = cfg.evaluation.negative_recall_target
     if target is not None:

@@ -6,17 +6,14 @@
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from functools import partial
 from dataclasses import fields
 
-import numpy as np
-import torch
 from transformers import AutoConfig
 
 from emovoice_daemon.models.compact import LABELS
 from emovoice_daemon.models.hubert import EmoVoiceHubertConfig, EmoVoiceHubertForSequenceClassification
-from training.augment import TelephonyAugment
-from training.loop import Log, TrainSettings, fit
+from training.loop import train_end_to_end
 
 
 def hubert_config(options: dict) -> EmoVoiceHubertConfig:
@@ -45,19 +42,4 @@ def build(options: dict) -> EmoVoiceHubertForSequenceClassification:
     return model
 
 
-def train(
-    options: dict,
-    train_waves: Sequence[np.ndarray],
-    train_labels: np.ndarray,
-    val_waves: Sequence[np.ndarray],
-    val_labels: np.ndarray,
-    settings: TrainSettings,
-    augment: TelephonyAugment,
-    seed: int,
-    log: Log = print,
-) -> tuple[EmoVoiceHubertForSequenceClassification, list[dict]]:
-    """Fine-tune on the GPU when there is one (fp16 there), else on the CPU."""
-    torch.manual_seed(seed)
-    model = build(options).to("cuda" if torch.cuda.is_available() else "cpu")
-    history = fit(model, train_waves, train_labels, val_waves, val_labels, settings, augment, seed, log)
-    return model.cpu(), history
+train = partial(train_end_to_end, build)  # (options, data, settings, augment, seed, log) -> (model, history)

@@ -18,7 +18,7 @@ import torch
 from emovoice_daemon.dsp.resample import resample
 from emovoice_daemon.models.hubert import EmoVoiceHubertForSequenceClassification
 from training.augment import TELEPHONE_RATE, TelephonyAugment
-from training.loop import Log, TrainSettings, class_weights, model_rate
+from training.loop import Log, TrainData, TrainSettings, class_weights, model_rate
 from training.metrics import classification_report
 from training import train_hubert
 
@@ -50,18 +50,10 @@ def head_logits(model: EmoVoiceHubertForSequenceClassification, feats: torch.Ten
     return model.classifier(model.projector((feats * weights[None, :, None]).sum(1)))
 
 
-def train(
-    options: dict,
-    train_waves: Sequence[np.ndarray],
-    train_labels: np.ndarray,
-    val_waves: Sequence[np.ndarray],
-    val_labels: np.ndarray,
-    settings: TrainSettings,
-    augment: TelephonyAugment,
-    seed: int,
-    log: Log = print,
-) -> tuple[EmoVoiceHubertForSequenceClassification, list[dict]]:
+def train(options: dict, data: TrainData, settings: TrainSettings, augment: TelephonyAugment, seed: int,
+          log: Log = print) -> tuple[EmoVoiceHubertForSequenceClassification, list[dict]]:
     """Cache features (clean + augmented copies), then fit layer weights and head; best epoch by validation UAR."""
+    train_waves, train_labels, val_waves, val_labels = data.train_waves, data.train_labels, data.val_waves, data.val_labels
     torch.manual_seed(seed)
     model = build(options)
     copies = int(options.get("augmented_copies", 2))

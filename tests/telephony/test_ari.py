@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
 import pytest
@@ -101,6 +102,17 @@ async def rig() -> AsyncIterator[tuple[FakeAri, TestServer, RtpReceiver]]:
     await server.close()
 
 
+@asynccontextmanager
+async def connected(ctl: AriController) -> AsyncIterator[AriController]:
+    """Start the controller, wait until its event WebSocket is up, and stop it on the way out."""
+    await ctl.start()
+    try:
+        await asyncio.wait_for(ctl.connected.wait(), 5)
+        yield ctl
+    finally:
+        await ctl.stop()
+
+
 def _controller(server: TestServer, rtp: RtpReceiver, calls: RecordingCalls, cues: CueTracker | None = None,
                 **over: Any) -> AriController:
     port = rtp.address[1]
@@ -112,9 +124,7 @@ async def test_taps_both_directions_scores_rtp_and_tears_down(rig, ulaw_packets:
     fake, server, rtp = rig
     calls = RecordingCalls()
     ctl = _controller(server, rtp, calls)
-    await ctl.start()
-    try:
-        await asyncio.wait_for(ctl.connected.wait(), 5)
+    async with connected(ctl):
         await fake.start_call(CALL, args=["agent=1001", "queue=billing"])
         await until(lambda: any(r["path"] == f"/channels/{CALL}/continue" for r in fake.requests))
         snoops = [r["params"] for r in fake.requests if r["path"].endswith("/snoop")]
@@ -133,33 +143,25 @@ async def test_taps_both_directions_scores_rtp_and_tears_down(rig, ulaw_packets:
         assert customer.ended == agent.ended == "hangup"
         await until(lambda: not fake.bridges and not any(c.startswith("emovoice-") for c in fake.channels))
         assert ctl.taps == {}
-    finally:
-        await ctl.stop()
 
 
 async def test_own_channels_entering_stasis_are_not_tapped(rig) -> None:
     fake, server, rtp = rig
     calls = RecordingCalls()
     ctl = _controller(server, rtp, calls, directions=["in"])
-    await ctl.start()
-    try:
-        await asyncio.wait_for(ctl.connected.wait(), 5)
+    async with connected(ctl):
         await fake.start_call(CALL)
         await until(lambda: any(r["path"].endswith("/continue") for r in fake.requests))
         await asyncio.sleep(0.1)
         assert list(calls.legs) == [f"{CALL}:customer"]
         assert sum(r["path"].endswith("/snoop") for r in fake.requests) == 1
-    finally:
-        await ctl.stop()
 
 
 async def test_failed_setup_still_continues_the_call_and_cleans_up(rig) -> None:
     fake, server, rtp = rig
     calls = RecordingCalls()
     ctl = _controller(server, rtp, calls)
-    await ctl.start()
-    try:
-        await asyncio.wait_for(ctl.connected.wait(), 5)
+    async with connected(ctl):
         fake.fail_next["/bridges"] = 500
         await fake.start_call(CALL)
         await until(lambda: calls.legs.get(f"{CALL}:customer") and calls.legs[f"{CALL}:customer"].ended)
@@ -167,8 +169,6 @@ async def test_failed_setup_still_continues_the_call_and_cleans_up(rig) -> None:
         assert any(r["path"] == f"/channels/{CALL}/continue" and r["status"] == 204 for r in fake.requests)
         await until(lambda: not any(c.startswith("emovoice-") for c in fake.channels))
         assert CALL in fake.channels  # the call itself is untouched
-    finally:
-        await ctl.stop()
 
 
 async def test_orphans_are_deleted_on_connect_and_reconnect_recovers(rig) -> None:
@@ -179,9 +179,7 @@ async def test_orphans_are_deleted_on_connect_and_reconnect_recovers(rig) -> Non
     fake.bridges["someone-elses"] = {"id": "someone-elses", "channels": []}
     calls = RecordingCalls()
     ctl = _controller(server, rtp, calls, reconnect_max_s=0.2)
-    await ctl.start()
-    try:
-        await asyncio.wait_for(ctl.connected.wait(), 5)
+    async with connected(ctl):
         assert set(fake.channels) == {"PJSIP/other-1"} and set(fake.bridges) == {"someone-elses"}
         await fake.start_call(CALL)
         await until(lambda: len(calls.legs) == 2 and not ctl._jobs)
@@ -192,8 +190,6 @@ async def test_orphans_are_deleted_on_connect_and_reconnect_recovers(rig) -> Non
         assert all(leg.ended == "hangup" for leg in calls.legs.values())
         await until(lambda: not any(c.startswith("emovoice-") for c in fake.channels))
         assert not any(b.startswith("emovoice-") for b in fake.bridges)
-    finally:
-        await ctl.stop()
 
 
 async def test_wrong_password_keeps_retrying_without_crashing(rig) -> None:
@@ -213,24 +209,18 @@ async def test_rtp_stopping_ends_the_call(rig, ulaw_packets: list[bytes]) -> Non
     rtp.timeout_s = 0.3
     calls = RecordingCalls()
     ctl = _controller(server, rtp, calls, directions=["in"])
-    await ctl.start()
-    try:
-        await asyncio.wait_for(ctl.connected.wait(), 5)
+    async with connected(ctl):
         await fake.start_call(CALL)
         await until(lambda: f"{CALL}:customer" in calls.legs and not ctl._jobs)
         fake.send_rtp(f"emovoice-customer-{CALL}-media", ulaw_packets[:5])
         await until(lambda: calls.legs[f"{CALL}:customer"].ended == "idle_timeout")
         await until(lambda: not any(c.startswith("emovoice-") for c in fake.channels))
-    finally:
-        await ctl.stop()
 
 
 async def test_escalations_are_mirrored_into_a_channel_variable(rig) -> None:
     fake, server, rtp = rig
     ctl = _controller(server, rtp, RecordingCalls(), directions=["in"])
-    await ctl.start()
-    try:
-        await asyncio.wait_for(ctl.connected.wait(), 5)
+    async with connected(ctl):
         await fake.start_call(CALL)
         await until(lambda: CALL in ctl.taps and not ctl._jobs)
         ctl.on_escalation({"type": "escalation.raised", "call_id": CALL, "role": "customer", "severity": "alert"})
@@ -240,17 +230,13 @@ async def test_escalations_are_mirrored_into_a_channel_variable(rig) -> None:
         ctl.on_escalation({"type": "escalation.cleared", "call_id": CALL, "role": "customer"})
         await until(lambda: fake.channels[CALL]["channelvars"]["EMOVOICE_ESCALATION"] == "customer:cleared")
         assert sum(r["path"].endswith("/variable") for r in fake.requests) == 2
-    finally:
-        await ctl.stop()
 
 
 async def test_call_cues_reach_both_legs_call_ended_summary(rig, ulaw_packets: list[bytes]) -> None:
     fake, server, rtp = rig
     calls = RecordingCalls()
     ctl = _controller(server, rtp, calls, CueTracker(CuesConfig(enabled=True), -45.0, EventBus()))
-    await ctl.start()
-    try:
-        await asyncio.wait_for(ctl.connected.wait(), 5)
+    async with connected(ctl):
         await fake.start_call(CALL)
         await until(lambda: f"{CALL}:customer" in calls.legs and f"{CALL}:agent" in calls.legs)
         customer, agent = calls.legs[f"{CALL}:customer"], calls.legs[f"{CALL}:agent"]
@@ -266,5 +252,3 @@ async def test_call_cues_reach_both_legs_call_ended_summary(rig, ulaw_packets: l
             cues = leg.extra["cues"]
             assert cues["talk_over_s"] > 1.0  # the same speech on both legs overlaps throughout
             assert set(cues["pace_per_min"]) == {"customer", "agent"}
-    finally:
-        await ctl.stop()

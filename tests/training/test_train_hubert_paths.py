@@ -12,7 +12,7 @@ import emovoice_daemon.models  # noqa: F401
 from training import train_hubert, train_superb
 from training.augment import TelephonyAugment
 from training.export import save_model_dir
-from training.loop import TrainSettings, predict_logits
+from training.loop import TrainData, TrainSettings, predict_logits
 
 TINY_HUBERT = dict(
     hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -37,7 +37,7 @@ def data(n: int = 12) -> tuple[list[np.ndarray], np.ndarray]:
 def test_finetune_from_local_checkpoint_exports_and_reloads(pretrained: str, tmp_path: Path) -> None:
     waves, labels = data()
     frozen_before = train_hubert.build({"pretrained": pretrained}).hubert.feature_extractor.state_dict()
-    model, history = train_hubert.train({"pretrained": pretrained}, waves, labels, waves[:6], labels[:6], SETTINGS, TelephonyAugment(), 0, lambda _: None)
+    model, history = train_hubert.train({"pretrained": pretrained}, TrainData(waves, labels, waves[:6], labels[:6]), SETTINGS, TelephonyAugment(), 0, lambda _: None)
     assert len(history) == 2
     # Frozen CNN front-end is untouched, the transformer and head were trained.
     for k, v in model.hubert.feature_extractor.state_dict().items():
@@ -64,7 +64,7 @@ def test_hubert_from_config_without_pretrained_weights() -> None:
 def test_superb_head_on_cached_features_matches_full_model(pretrained: str, tmp_path: Path) -> None:
     waves, labels = data()
     options = {"pretrained": pretrained, "augmented_copies": 1}
-    model, history = train_superb.train(options, waves, labels, waves[:6], labels[:6], TrainSettings(epochs=3, batch_size=4, lr=0.05), TelephonyAugment(), 0, lambda _: None)
+    model, history = train_superb.train(options, TrainData(waves, labels, waves[:6], labels[:6]), TrainSettings(epochs=3, batch_size=4, lr=0.05), TelephonyAugment(), 0, lambda _: None)
     assert len(history) == 3
     # Backbone frozen: identical to the checkpoint. Layer weights learned.
     backbone = HubertModel.from_pretrained(pretrained)

@@ -2,7 +2,14 @@
 
 ``options``: ``pretrained`` (local directory or hub id; omitted = random init from ``config``, for tests),
 ``config`` (HubertConfig overrides), ``freeze_feature_encoder`` (default true), ``sampling_rate`` (16000),
-``do_normalize``. Gradient accumulation and fp16 (on GPU) come from ``TrainSettings``.
+``do_normalize``, ``streaming_front_end`` (default false). Gradient accumulation and fp16 (on GPU) come from
+``TrainSettings``.
+
+``streaming_front_end: true`` swaps DistilHuBERT's first-layer GroupNorm (each channel normalised over the whole
+input, so a window's frames depend on the window) for per-frame LayerNorm in every CNN layer
+(``feat_extract_norm="layer"``, HuBERT-large's layout). The pretrained conv weights are kept, the new norms start
+at identity and the CNN is trained with the rest (not frozen, unless asked); the daemon then computes each 20 ms
+frame once per leg and the streaming pass equals the full-window pass by construction.
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ def hubert_config(options: dict) -> EmoVoiceHubertConfig:
         "sampling_rate": int(options.get("sampling_rate", 16000)),
         "do_normalize": bool(options.get("do_normalize", False)),
     }
+    if options.get("streaming_front_end"):
+        merged["feat_extract_norm"] = "layer"
     return EmoVoiceHubertConfig(**merged)
 
 
@@ -37,7 +46,7 @@ def build(options: dict) -> EmoVoiceHubertForSequenceClassification:
         model = EmoVoiceHubertForSequenceClassification.from_pretrained(options["pretrained"], config=config)
     else:
         model = EmoVoiceHubertForSequenceClassification(config)
-    if options.get("freeze_feature_encoder", True):
+    if options.get("freeze_feature_encoder", not options.get("streaming_front_end", False)):
         model.freeze_feature_encoder()
     return model
 

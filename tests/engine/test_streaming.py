@@ -22,13 +22,13 @@ LOGIT_SPREAD = 2.0
 INT8_MEAN_DP, INT8_MIN_AGREEMENT = 0.05, 0.90  # opt-in lossy mode: measured max|dp| 0.105, mean 0.027, 96% argmax
 
 
-def sharpened(calls: list[np.ndarray]) -> Classifier:
+def sharpened(calls: list[np.ndarray], **config: object) -> Classifier:
     """A tiny HuBERT whose head is standardised on these calls' windows, so probabilities really move.
 
     A random model's probabilities all sit near 1/3, which would make any tolerance vacuous;
     here the head maps standardised pooled features to logits with a spread of ``LOGIT_SPREAD``.
     """
-    model = tiny_hubert(conv=128, hidden=64, num_labels=3)
+    model = tiny_hubert(conv=128, hidden=64, num_labels=3, **config)
     windows = [resample(c[i : i + 24000], 8000, 16000) / 32768.0 for c in calls for i in range(0, len(c) - 24000, 8000)]
     with torch.inference_mode():
         hidden = model.hubert(torch.from_numpy(np.stack(windows))).last_hidden_state
@@ -84,6 +84,20 @@ def test_streaming_matches_full_window_on_real_speech(speech_8k: np.ndarray) -> 
     assert agreement >= MIN_ARGMAX_AGREEMENT
     first = [i for i, r in enumerate(full) if r.start_s == 0.0]
     assert dp[first].max() < 1e-4  # a leg's first window is computed whole: exact
+
+
+def test_layer_norm_front_end_streams_exactly_computing_only_new_frames(speech_8k: np.ndarray) -> None:
+    """Per-frame LayerNorm (feat_extract_norm="layer"): a model trained that way streams by construction."""
+    clf = sharpened([speech_8k], feat_extract_norm="layer")
+    front, cache = StreamingFrontEnd(clf), LegCache()
+    audio = resample(speech_8k, 8000, 16000).astype(np.float32) / 32768.0
+    starts = range(0, len(audio) - 48000 + 1, 16000)
+    assert len(starts) >= 3
+    for start in starts:
+        window = audio[start : start + 48000]
+        np.testing.assert_allclose(front.predict([(cache, window, start)]), clf.predict(window[None]), atol=1e-4)
+    last = front.frame_span(starts[-1], starts[-1] + 48000)[1]
+    assert cache.computed == last and cache.recomputed == 0  # every frame computed once, never again
 
 
 def test_streaming_survives_a_gap_and_partial_window() -> None:

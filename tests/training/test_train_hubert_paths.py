@@ -9,6 +9,9 @@ from synthetic_audio import synth
 from transformers import AutoConfig, AutoModelForAudioClassification, HubertConfig, HubertModel
 
 import emovoice_daemon.models  # noqa: F401
+from emovoice_daemon.dsp.resample import resample
+from emovoice_daemon.models.loader import Classifier
+from emovoice_daemon.streaming import LegCache, StreamingFrontEnd
 from training import train_hubert, train_superb
 from training.augment import TelephonyAugment
 from training.export import save_model_dir
@@ -52,6 +55,22 @@ def test_finetune_from_local_checkpoint_exports_and_reloads(pretrained: str, tmp
     loaded = AutoModelForAudioClassification.from_pretrained(tmp_path / "export")
     assert AutoConfig.from_pretrained(tmp_path / "export").temperature == 1.25
     np.testing.assert_allclose(predict_logits(loaded, waves[:3]), predict_logits(model, waves[:3]), atol=1e-5)
+
+
+def test_streaming_front_end_keeps_pretrained_convs_and_streams_exactly(pretrained: str, speech_8k: np.ndarray) -> None:
+    model = train_hubert.build({"pretrained": pretrained, "streaming_front_end": True})
+    assert model.config.feat_extract_norm == "layer"
+    backbone = HubertModel.from_pretrained(pretrained)
+    for ours, theirs in zip(model.hubert.feature_extractor.conv_layers, backbone.feature_extractor.conv_layers):
+        torch.testing.assert_close(ours.conv.weight, theirs.conv.weight)
+    assert all(p.requires_grad for p in model.hubert.feature_extractor.parameters())  # new norms must learn
+    clf = Classifier(name="s", trained=True, sampling_rate=16000, model=model.eval(), class_of_label=np.arange(3))
+    front, cache = StreamingFrontEnd(clf), LegCache()
+    audio = resample(speech_8k, 8000, 16000).astype(np.float32) / 32768.0
+    for start in (0, 16000, 32000):
+        window = audio[start : start + 48000]
+        np.testing.assert_allclose(front.predict([(cache, window, start)]), clf.predict(window[None]), atol=1e-4)
+    assert cache.recomputed == 0
 
 
 def test_hubert_from_config_without_pretrained_weights() -> None:

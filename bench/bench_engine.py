@@ -268,15 +268,16 @@ async def main(args: argparse.Namespace) -> None:
     calls = speech()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = distilhubert_dir(Path(tmp) / "distilhubert-shaped", args.front_end_norm)
+        model_dir = args.model or distilhubert_dir(Path(tmp) / "distilhubert-shaped", args.front_end_norm)
         base_rss = rss_mb()
         classifier = load_classifier(ModelConfig(path=str(model_dir), device=device, threads=args.threads,
                                                  quantize_int8=args.int8))
         params = sum(p.numel() for p in classifier.model.parameters()) / 1e6
         model_rss = rss_mb()
+        shape = f"model {args.model}" if args.model else f"DistilHuBERT-shaped model ({args.front_end_norm}-norm front-end)"
         print(f"device {device} ({torch.get_num_threads()} threads), load average {load[0]:.2f} on "
-              f"{os.cpu_count()} CPUs; DistilHuBERT-shaped model, {params:.1f} M parameters"
-              f" ({args.front_end_norm}-norm front-end){', int8 linear layers' if args.int8 else ''}; {len(calls)} speech loops; RSS with model "
+              f"{os.cpu_count()} CPUs; {shape}, {params:.1f} M parameters"
+              f"{', int8 linear layers' if args.int8 else ''}; {len(calls)} speech loops; RSS with model "
               f"{model_rss:.0f} MB (+{model_rss - base_rss:.0f} MB)")
         print(f"cost per window, {args.cost_legs} legs x {args.cost_windows} windows pushed at once "
               f"(a leg's first window included):")
@@ -319,6 +320,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--model", type=Path, help="score with this model directory (e.g. emovoice_daemon/models/default) "
+                   "instead of a random DistilHuBERT-shaped one")
     p.add_argument("--front-end-norm", choices=("group", "layer"), default="group",
                    help="group: DistilHuBERT as released; layer: per-frame LayerNorm CNN, which streams exactly")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of linear layers (CPU)")

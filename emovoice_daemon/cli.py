@@ -48,8 +48,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     config = _load_or_exit(args.config)
-    samples = sorted((Path(__file__).parent / "samples").glob("*.wav"))
-    asyncio.run(run_demo(config, samples, args.calls, args.duration))
+    wavs = [Path(w) for w in args.wavs] or sorted((Path(__file__).parent / "samples").glob("*.wav"))
+    asyncio.run(run_demo(config, wavs, args.calls, args.duration, bundled=not args.wavs))
     return 0
 
 
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")
     sim.set_defaults(func=cmd_simulate)
     demo = sub.add_parser("demo", help="run the daemon and stream sample calls into it")
+    demo.add_argument("wavs", nargs="*", help="recordings to loop as calls (default: the bundled espeak-ng samples)")
     demo.add_argument("-c", "--config")
     demo.add_argument("--calls", type=int, default=2, help="concurrent sample calls")
     demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = Ctrl-C)")

@@ -15,7 +15,7 @@ from .simulate import load_call_audio, play_call
 console = Console()
 
 
-def banner(daemon: Daemon) -> None:
+def banner(daemon: Daemon, wavs: list[Path], bundled: bool) -> None:
     info = daemon.model_info
     console.rule("[bold]EmoVoice demo")
     console.print(f"AudioSocket  {daemon.audiosocket.address}    API http://{daemon.api_address}")
@@ -26,6 +26,11 @@ def banner(daemon: Daemon) -> None:
     else:
         console.print(f"[bold red]Model        {info['name']}: UNTRAINED placeholder - scores are random, "
                       "not emotion[/]")
+    console.print(f"Calls        {', '.join(w.name for w in wavs)}")
+    if bundled:
+        console.print("[yellow]The bundled calls are espeak-ng synthetic speech. The model learned from human voices and "
+                      "tends to hear synthetic ones as NEGATIVE; play your own recordings: "
+                      "emovoice-daemon demo call1.wav call2.wav[/]")
     console.rule()
 
 
@@ -55,11 +60,11 @@ async def _call_loop(daemon: Daemon, wavs: list[Path], index: int) -> None:
         await asyncio.sleep(1.0)
 
 
-async def run_demo(config: Config, wavs: list[Path], calls: int, duration: float) -> None:
+async def run_demo(config: Config, wavs: list[Path], calls: int, duration: float, bundled: bool = False) -> None:
     """Start the daemon, loop the sample calls through it, print events; stop on Ctrl-C or after ``duration``."""
     daemon = Daemon(config)
     await daemon.start()
-    banner(daemon)
+    banner(daemon, wavs, bundled)
     tasks = [asyncio.create_task(_print_events(daemon))]
     tasks += [asyncio.create_task(_call_loop(daemon, wavs, i)) for i in range(calls)]
     try:

@@ -81,6 +81,25 @@ def metrics_table(rows: Sequence[tuple[str, str, dict]]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- *{c}*: {CONDITION_TEXT[c]}" for c in conds if c in CONDITION_TEXT)
 
 
+def fold_table(records: Sequence[dict]) -> str:
+    """Markdown table, one row per speaker fold: temperature, UAR and recalls per condition, test-corpus UAR."""
+    train_name, tests = next(iter(records[0]["train"])), list(records[0]["tests"])
+    conds = list(records[0]["train"][train_name])
+    head = ["fold", "test speakers", "T"]
+    for c in conds:
+        head += [f"{c} UAR"] + [f"{c} {name[:3]} rec" for name in CLASSES]
+    head += [f"{t} {c} UAR" for t in tests for c in conds]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(records, key=lambda r: r["fold"]):
+        cells = [str(r["fold"] + 1), str(len(r["test_speakers"])), f"{r['temperature']:.2f}"]
+        for c in conds:
+            rep = r["train"][train_name][c]["calibrated"]
+            cells += [f"{rep['uar']:.3f}"] + [f"{rep['per_class'][name]['recall']:.3f}" for name in CLASSES]
+        cells += [f"{r['tests'][t][c]['calibrated']['uar']:.3f}" for t in tests for c in conds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def save_confusions(confusions: dict[str, list], out_dir: Path) -> None:
     """One PNG per named confusion matrix."""
     for name, cm in confusions.items():

@@ -16,7 +16,7 @@ from training.audio import AudioStore
 from training.calibration import fit_temperature
 from training.config import CorpusSpec, RunConfig
 from training.corpora import CLASSES, NEGATIVE, Utterance, load_corpus
-from training.evaluate import condition_waves, evaluate, headline, metrics_table, save_confusions, summarize_folds
+from training.evaluate import condition_waves, evaluate, fold_table, headline, metrics_table, save_confusions, summarize_folds
 from training.export import card_meta, render_card, save_model_dir
 from training.loop import Log, TrainData, predict_logits
 from training.operating_point import recall_bias, shift_output
@@ -143,7 +143,7 @@ def finalize(cfg: RunConfig, log: Log = print) -> dict:
     summary["shipped"] = {"note": ship_note, "temperature": shipped.temperature, "val_speakers": shipped.val_speakers,
                           **{n: {c: headline(e[c]) for c in conds} for n, e in ship_eval.items()}}
     table = metrics_table(rows)
-    (out / "metrics.md").write_text(table + "\n")
+    (out / "metrics.md").write_text(f"{table}\n\nPer fold ({train_name} held-out speakers):\n\n{fold_table(records)}\n")
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     log(table)
     export_to = cfg.export_dir or out / "model"

@@ -112,6 +112,9 @@ def test_end_to_end_train_export_load_score(tmp_path: Path) -> None:
     assert set(summary["cremad"]) == {"clean", "telephony"}
     table = (out / "metrics.md").read_text()
     assert "telephony-degraded" in table and "clean 8 kHz" in table
+    per_fold = [line for line in table.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(per_fold) == len(list((out / "folds").glob("fold*.json")))  # one row per fold run
+    assert f"| {fold['temperature']:.2f} |" in per_fold[0]
 
     export = tmp_path / "export"
     assert {p.name for p in export.iterdir()} >= {"config.json", "preprocessor_config.json", "model.safetensors", "README.md"}

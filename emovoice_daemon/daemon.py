@@ -48,6 +48,7 @@ class Daemon:
         self.api_address = ""
         self.history: CallHistory | None = None
         self.notifier: AgentNotifier | None = None
+        self.webhook: WebhookSender | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.rtp: RtpReceiver | None = None
         self.ari: AriController | None = None
@@ -108,9 +109,9 @@ class Daemon:
             self.notifier = AgentNotifier(cfg.notifier, self.api_token)
             self.bus.add_sink(self.notifier.sink)
         if cfg.webhook.url:
-            webhook = WebhookSender(cfg.webhook)
-            self.bus.add_sink(webhook.sink)
-            self._tasks.append(asyncio.create_task(webhook.run(), name="webhook"))
+            self.webhook = WebhookSender(cfg.webhook)
+            self.bus.add_sink(self.webhook.sink)
+            self._tasks.append(asyncio.create_task(self.webhook.run(), name="webhook"))
         self.bus.add_sink(self._escalation_hook)
 
     def _escalation_hook(self, event: Event) -> None:
@@ -149,6 +150,8 @@ class Daemon:
         await self.engine.stop()
         if self.history is not None:
             await self.history.drain()
+        if self.webhook is not None:  # the last call.ended / escalation.cleared reach the PBX too
+            await self.webhook.drain(self.config.webhook.timeout_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

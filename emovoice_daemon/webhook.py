@@ -44,6 +44,7 @@ class WebhookSender:
             return
         if self._queue.full():
             self._queue.get_nowait()
+            self._queue.task_done()
             metrics.WEBHOOK_DELIVERIES.labels("dropped").inc()
         self._queue.put_nowait(event)
 
@@ -53,8 +54,20 @@ class WebhookSender:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 event = await self._queue.get()
-                outcome = "sent" if await self.deliver(session, event) else "failed"
-                metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
+                try:
+                    outcome = "sent" if await self.deliver(session, event) else "failed"
+                    metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
+                finally:
+                    self._queue.task_done()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """At shutdown: wait up to ``timeout_s`` for the queue to be sent (or given up on); False if time ran out."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            log.error("webhook: shutting down with %d events not delivered", self._queue.qsize())
+            return False
 
     async def deliver(self, session: aiohttp.ClientSession, event: Event) -> bool:
         """POST one event, retrying on connection errors, timeouts and 5xx/429; True when accepted."""

@@ -108,3 +108,22 @@ async def test_run_sends_only_configured_event_types_from_the_bus() -> None:
 def test_sign_matches_openssl() -> None:
     """printf '1700000000.{}' | openssl dgst -sha256 -hmac key"""
     assert sign("key", "1700000000", b"{}") == "sha256=9d713ed406bb7076d4123f0dc2c39d2df5c654ed4b0cd56b52c8b4c940bd63ae"
+
+
+async def test_drain_at_shutdown_sends_what_is_queued_and_gives_up_in_time() -> None:
+    receiver = Receiver()
+    server = await serve(receiver)
+    bus = EventBus()
+    sender = WebhookSender(WebhookConfig(url=str(server.make_url("/hook")), events=["escalation.raised"]))
+    task = asyncio.create_task(sender.run())
+    for _ in range(5):
+        sender.sink(raised_event(bus))
+    assert await sender.drain(5.0)  # returns once all five were accepted
+    assert len(receiver.requests) == 5
+    await server.close()  # the receiver is gone: a queued event cannot be delivered
+    sender.sink(raised_event(bus))
+    t0 = time.monotonic()
+    assert not await sender.drain(0.3)
+    assert time.monotonic() - t0 < 1.0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -142,9 +142,18 @@ def sparkline(points: deque[tuple[float, float]] | list[tuple[float, float]], wi
     return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, int(v * len(SPARK)))] for v in buckets)
 
 
+ROLE_TAGS = {"customer": "cust", "agent": "agent", "mixed": ""}
+
+
 def _duration(seconds: float) -> str:
     m, s = divmod(int(max(seconds, 0)), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def _tagged(role: str, text: str) -> str:
+    """A leg's cell line, prefixed with its role when the call is separated (a mixed leg needs no tag)."""
+    tag = ROLE_TAGS.get(role, role[:5])
+    return f"{tag:<5} {text}" if tag else text
 
 
 def render(state: TopState, now: float) -> Group:
@@ -168,8 +177,8 @@ def render(state: TopState, now: float) -> Group:
         table.add_row(
             call.call_id[:8], str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
             _duration(end - call.started),
-            "\n".join(f"{leg.role[:4]} {leg.label} {leg.prob:.2f}" for leg in legs),
-            "\n".join(f"{leg.role[:4]} {sparkline(leg.negatives)}" for leg in legs),
+            "\n".join(_tagged(leg.role, f"{leg.label} {leg.prob:.2f}") for leg in legs),
+            "\n".join(_tagged(leg.role, sparkline(leg.negatives)) for leg in legs),
             "ended" if call.ended else (call.severity.upper() or "ok"),
             style="dim" if call.ended else style)
     keys = "  ".join(f"[{k}] {v}{' ◀' if k == state.sort else ''}" for k, v in SORTS.items())

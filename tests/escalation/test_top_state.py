@@ -31,7 +31,7 @@ def test_two_legs_of_a_separated_call_share_one_row() -> None:
     assert list(state.calls) == ["call-ari-1"]
     text = screen(state, state.calls["call-ari-1"].started + 75)
     assert text.count("call-ari") == 1
-    assert "cust NEGATIVE 0.90" in text and "agen NEUTRAL 0.90" in text
+    assert "cust  NEGATIVE 0.90" in text and "agent NEUTRAL 0.90" in text
     assert "ALERT" in text and "1001" in text and "+4930123" in text and "1:15" in text
 
 
@@ -44,6 +44,8 @@ def test_sort_keys_order_rows() -> None:
         state.apply(score(bus, call_id, "mixed", 5.0, neg, neg))
     state.apply(bus.make_event("escalation.raised", "middle", "mixed", severity="watch", reason="r", at=5,
                                negative_smoothed=0.5))
+    text = screen(state, 1010.0)
+    assert "│ NEGATIVE 0.90" in text and "mix" not in text  # a mixed leg's cell carries no role tag
     order = {}
     for key in ("n", "d", "c", "s"):
         state.sort = key

@@ -80,7 +80,7 @@ async def test_emovoice_top_in_tmux(tmp_path: Path) -> None:
                                                angry_id))]
         screen = await term.wait_for(lambda s: "ALERT" in s and calm_id[:8] in s)
         assert row_order(screen, [calm_id, angry_id]) == [angry_id, calm_id]  # state sort: alerts first
-        assert "mixe NEGATIVE" in screen and "mixe NEUTRAL" in screen and "legs 2" in screen
+        assert "NEGATIVE 0." in screen and "NEUTRAL 0." in screen and "legs 2" in screen
         (ARTIFACTS / "emovoice_top_alert.txt").parent.mkdir(exist_ok=True)
         (ARTIFACTS / "emovoice_top_alert.txt").write_text(screen)
         term.keys("c")

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
 from emovoice_daemon.dsp.resample import resample
 from training.augment import TELEPHONE_RATE, TelephonyAugment
 from training.metrics import classification_report
@@ -28,6 +30,8 @@ class TrainSettings:
     weight_decay: float = 1e-2
     crop_seconds: float = 3.0
     label_smoothing: float = 0.05
+    mixup_alpha: float = 0.0
+    ema_decay: float | None = None
     class_weight_power: float = 1.0
     grad_accum: int = 1
     fp16: bool = True
@@ -113,9 +117,19 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def mixup(x: torch.Tensor, mask: torch.Tensor, alpha: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mix each clip of a batch with a shuffled partner: ``lam * x + (1 - lam) * x[perm]``, lam ~ Beta(alpha, alpha)
+    (kept >= 0.5 so the first label dominates). Returns the mixed batch, the union mask, ``perm`` and ``lam``."""
+    lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    perm = torch.from_numpy(rng.permutation(len(x)))
+    return lam * x + (1.0 - lam) * x[perm], torch.maximum(mask, mask[perm]), perm, lam
+
+
 def fit(model: PreTrainedModel, data: TrainData, settings: TrainSettings, augment: TelephonyAugment, seed: int,
         log: Log = print) -> list[dict]:
-    """Train in place; keeps the epoch with the best validation UAR. Returns per-epoch history."""
+    """Train in place; keeps the epoch with the best validation UAR (of the weights' EMA when
+    ``settings.ema_decay`` is set). Returns per-epoch history."""
     train_waves, train_labels, val_waves, val_labels = data.train_waves, data.train_labels, data.val_waves, data.val_labels
     torch.manual_seed(seed)
     dev = _device(model)
@@ -131,6 +145,8 @@ def fit(model: PreTrainedModel, data: TrainData, settings: TrainSettings, augmen
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     crop = int(settings.crop_seconds * TELEPHONE_RATE)
     lengths = np.array([min(len(w), crop) for w in train_waves])
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True) if settings.ema_decay else None
+    scored = ema.module if ema is not None else model
     best_uar, best_state, history = -1.0, None, []
     for epoch in range(settings.epochs):
         model.train()
@@ -144,9 +160,13 @@ def fit(model: PreTrainedModel, data: TrainData, settings: TrainSettings, augmen
                 waves.append(augment(_random_crop(train_waves[i], crop, clip_rng), TELEPHONE_RATE, clip_rng))
             x, mask = collate(waves, TELEPHONE_RATE, model_rate(model), input_normalized(model))
             y = torch.as_tensor(train_labels[idx], device=dev)
+            perm, lam = torch.arange(len(idx)), 1.0
+            if settings.mixup_alpha > 0:
+                x, mask, perm, lam = mixup(x, mask, settings.mixup_alpha, rng)
             with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(input_values=x.to(dev), attention_mask=mask.to(dev)).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing)
+            loss = sum(share * torch.nn.functional.cross_entropy(logits.float(), target, weight=weight, label_smoothing=settings.label_smoothing)
+                       for share, target in ((lam, y), (1.0 - lam, y[perm.to(dev)])) if share > 0)
             scaler.scale(loss / settings.grad_accum).backward()
             if (step + 1) % settings.grad_accum == 0 or step + 1 == len(batches):
                 scaler.unscale_(opt)
@@ -156,13 +176,15 @@ def fit(model: PreTrainedModel, data: TrainData, settings: TrainSettings, augmen
                 opt.zero_grad(set_to_none=True)
                 if sched.last_epoch + 1 < sched.total_steps:
                     sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
             total += loss.item() * len(idx)
             n_seen += len(idx)
-        val = classification_report(val_labels, predict_logits(model, val_waves, settings.eval_batch_size), labels_names)
+        val = classification_report(val_labels, predict_logits(scored, val_waves, settings.eval_batch_size), labels_names)
         history.append({"epoch": epoch + 1, "train_loss": total / n_seen, "val_uar": val["uar"], "val_macro_f1": val["macro_f1"]})
         log(f"epoch {epoch + 1}/{settings.epochs} loss {total / n_seen:.4f} val UAR {val['uar']:.4f} macro-F1 {val['macro_f1']:.4f}")
         if val["uar"] >= best_uar:
-            best_uar, best_state = val["uar"], copy.deepcopy(model.state_dict())
+            best_uar, best_state = val["uar"], copy.deepcopy(scored.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
     return history

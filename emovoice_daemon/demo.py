@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 
 from rich.console import Console
@@ -60,6 +61,19 @@ async def _call_loop(daemon: Daemon, wavs: list[Path], index: int) -> None:
         await asyncio.sleep(1.0)
 
 
+async def _until_stopped(duration: float) -> None:
+    """Wait for Ctrl-C / SIGTERM (both handled on the loop, so a second Ctrl-C cannot interrupt the
+    shutdown), or for ``duration`` seconds when it is set."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration or None)
+    if stop.is_set():
+        console.print("stopping: scoring what is buffered, then exit")
+
+
 async def run_demo(config: Config, wavs: list[Path], calls: int, duration: float, bundled: bool = False) -> None:
     """Start the daemon, loop the sample calls through it, print events; stop on Ctrl-C or after ``duration``."""
     daemon = Daemon(config)
@@ -68,10 +82,7 @@ async def run_demo(config: Config, wavs: list[Path], calls: int, duration: float
     tasks = [asyncio.create_task(_print_events(daemon))]
     tasks += [asyncio.create_task(_call_loop(daemon, wavs, i)) for i in range(calls)]
     try:
-        if duration:
-            await asyncio.sleep(duration)
-        else:
-            await asyncio.Event().wait()
+        await _until_stopped(duration)
     finally:
         for task in tasks:
             task.cancel()

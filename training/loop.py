@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
-
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from transformers import PreTrainedModel
 
 from emovoice_daemon.dsp.resample import resample
 from training.augment import TELEPHONE_RATE, TelephonyAugment
@@ -160,13 +159,14 @@ def fit(model: PreTrainedModel, data: TrainData, settings: TrainSettings, augmen
                 waves.append(augment(_random_crop(train_waves[i], crop, clip_rng), TELEPHONE_RATE, clip_rng))
             x, mask = collate(waves, TELEPHONE_RATE, model_rate(model), input_normalized(model))
             y = torch.as_tensor(train_labels[idx], device=dev)
-            perm, lam = torch.arange(len(idx)), 1.0
+            targets = [(1.0, y)]
             if settings.mixup_alpha > 0:
                 x, mask, perm, lam = mixup(x, mask, settings.mixup_alpha, rng)
+                targets = [(lam, y), (1.0 - lam, y[perm.to(dev)])]
             with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(input_values=x.to(dev), attention_mask=mask.to(dev)).logits
             loss = sum(share * torch.nn.functional.cross_entropy(logits.float(), target, weight=weight, label_smoothing=settings.label_smoothing)
-                       for share, target in ((lam, y), (1.0 - lam, y[perm.to(dev)])) if share > 0)
+                       for share, target in targets)
             scaler.scale(loss / settings.grad_accum).backward()
             if (step + 1) % settings.grad_accum == 0 or step + 1 == len(batches):
                 scaler.unscale_(opt)

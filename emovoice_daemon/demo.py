@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from pathlib import Path
 
 from rich.console import Console
@@ -11,6 +10,7 @@ from rich.console import Console
 from .config import Config
 from .daemon import Daemon
 from .events import Event
+from .lifecycle import stop_on_signals
 from .simulate import load_call_audio, play_call
 
 console = Console()
@@ -62,12 +62,8 @@ async def _call_loop(daemon: Daemon, wavs: list[Path], index: int) -> None:
 
 
 async def _until_stopped(duration: float) -> None:
-    """Wait for Ctrl-C / SIGTERM (both handled on the loop, so a second Ctrl-C cannot interrupt the
-    shutdown), or for ``duration`` seconds when it is set."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    """Wait for Ctrl-C / SIGTERM, or for ``duration`` seconds when it is set."""
+    stop = stop_on_signals()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(stop.wait(), duration or None)
     if stop.is_set():

@@ -107,11 +107,19 @@ async def drain(daemon: "Daemon", timeout_s: float) -> bool:
         return False
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, handled on the running loop (so a second Ctrl-C
+    cannot interrupt a shutdown in progress)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def serve(daemon: "Daemon") -> None:
     """Run the daemon until SIGTERM/SIGINT; raises StartupError when it cannot start."""
     notify = Notifier.from_env()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     check_ports_free(daemon.config)
     try:
         await daemon.start()
@@ -121,9 +129,8 @@ async def serve(daemon: "Daemon") -> None:
         raise StartupError("; ".join(exc.errors)) from None
     except OSError as exc:
         raise StartupError(f"{exc} (check the listener addresses and api.tls_cert/tls_key)") from None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, daemon, notify)
+    stop = stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, daemon, notify)
     notify.ready(status_line(daemon))
     watchdog = asyncio.create_task(notify.watchdog(lambda: status_line(daemon)), name="sd-watchdog")
     await stop.wait()

@@ -1,8 +1,9 @@
 """Telephony degradation, on the fly and seeded.
 
 Every function takes float32 audio in [-1, 1]. The chain a call goes through is:
-resample to 8 kHz -> gain -> handset band limit (300-3400 Hz) -> line noise and hum ->
-G.711 (mu-law or A-law) -> packet loss. The codecs and the resampler are the daemon's own.
+resample to 8 kHz -> (optional speed perturbation, another speaker's tempo and pitch) -> gain ->
+handset band limit (300-3400 Hz) -> line noise and hum -> G.711 (mu-law or A-law) -> packet loss.
+The codecs and the resampler are the daemon's own.
 """
 from __future__ import annotations
 
@@ -74,6 +75,16 @@ def add_hum(x: np.ndarray, rate: int, snr_db: float, mains_hz: float, rng: np.ra
     return (x + hum).astype(np.float32)
 
 
+SPEED_STEP = 0.025  # speed factors on a grid so the resampling ratio stays small (8000 Hz * 0.025 = 200 Hz)
+
+
+def speed_perturb(x: np.ndarray, factor: float, rate: int = TELEPHONE_RATE) -> np.ndarray:
+    """Play ``x`` ``factor`` times faster (tempo and pitch both scale, as in Kaldi's speed perturbation):
+    resample as if it had been recorded at ``rate * factor``. ``factor`` is rounded to the ``SPEED_STEP`` grid."""
+    src = int(round(rate * round(factor / SPEED_STEP) * SPEED_STEP))
+    return resample(x, src, rate) if src != rate else np.asarray(x, dtype=np.float32)
+
+
 def packet_loss(x: np.ndarray, rate: int, loss_rate: float, rng: np.random.Generator, packet_ms: float = 20.0) -> np.ndarray:
     """Zero whole RTP-sized packets independently with probability ``loss_rate``."""
     size = int(rate * packet_ms / 1000)
@@ -93,6 +104,8 @@ def apply_gain(x: np.ndarray, gain_db: float) -> np.ndarray:
 class TelephonyAugment:
     """Random telephone channel; each stage fires with its probability, parameters drawn uniformly."""
 
+    p_speed: float = 0.0
+    speed: tuple[float, float] = (0.9, 1.1)
     p_gain: float = 0.8
     gain_db: tuple[float, float] = (-15.0, 6.0)
     p_band_limit: float = 0.9
@@ -109,6 +122,8 @@ class TelephonyAugment:
     def __call__(self, x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
         """Degrade ``x`` (at ``rate``) and return it at 8 kHz."""
         y = to_telephone_rate(x, rate)
+        if rng.random() < self.p_speed:
+            y = speed_perturb(y, rng.uniform(*self.speed))
         if rng.random() < self.p_gain:
             y = apply_gain(y, rng.uniform(*self.gain_db))
         if rng.random() < self.p_band_limit:

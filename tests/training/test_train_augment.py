@@ -10,6 +10,7 @@ from training.augment import (
     eval_condition,
     g711_roundtrip,
     packet_loss,
+    speed_perturb,
     to_telephone_rate,
 )
 
@@ -107,6 +108,27 @@ def test_same_seed_same_audio_other_seed_other_audio() -> None:
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert a.dtype == np.float32 and len(a) == 8000 and np.abs(a).max() <= 1.0
+
+
+def dominant_hz(x: np.ndarray, rate: int) -> float:
+    return float(np.fft.rfftfreq(len(x), 1 / rate)[np.abs(np.fft.rfft(x * np.hanning(len(x)))).argmax()])
+
+
+@pytest.mark.parametrize("factor", [0.9, 0.95, 1.1])
+def test_speed_perturbation_scales_pitch_and_duration(factor: float) -> None:
+    y = speed_perturb(tone(1000, 8000), factor)
+    assert len(y) == pytest.approx(8000 / factor, abs=2)
+    assert dominant_hz(y, 8000) == pytest.approx(1000 * factor, abs=3)
+    assert np.sqrt(np.mean(y[200:-200] ** 2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.02)
+
+
+def test_speed_perturbation_snaps_to_grid_and_fires_in_the_chain() -> None:
+    x = tone(1000, 8000)
+    np.testing.assert_array_equal(speed_perturb(x, 1.004), x)  # rounds to 1.0: untouched
+    aug = TelephonyAugment(p_speed=1, speed=(1.1, 1.1), p_gain=0, p_band_limit=0, p_noise=0, p_hum=0, p_codec=0, p_packet_loss=0)
+    y = aug(x, 8000, np.random.default_rng(0))
+    assert len(y) == pytest.approx(8000 / 1.1, abs=2) and dominant_hz(y, 8000) == pytest.approx(1100, abs=3)
+    assert len(TelephonyAugment()(x, 8000, np.random.default_rng(0))) == 8000  # off by default
 
 
 def test_eval_conditions_are_deterministic_and_degrade() -> None:

@@ -41,6 +41,6 @@ def test_shipped_model_on_its_held_out_cremad_speakers() -> None:
     model = AutoModelForAudioClassification.from_pretrained(DEFAULT_DIR)
     waves = condition_waves(store, range(len(subset)), "telephony", 3.0)
     report = classification_report(labels, predict_logits(model, waves), CLASSES)
-    assert report["uar"] > 0.65, report  # this subset: 0.683; all 23 speakers: 0.724 (docs/training.md)
-    assert report["per_class"]["NEGATIVE"]["recall"] > 0.72, report  # this subset: 0.766; all 23: 0.808
+    assert report["uar"] > 0.68, report  # this subset: 0.715; all 23 speakers: 0.757 (docs/training.md)
+    assert report["per_class"]["NEGATIVE"]["recall"] > 0.75, report  # this subset: 0.807; all 23: 0.827
     assert AutoConfig.from_pretrained(DEFAULT_DIR).temperature > 0

@@ -21,7 +21,7 @@ TELEPHONE_RATE = 8000
 
 def to_telephone_rate(x: np.ndarray, rate: int) -> np.ndarray:
     """Anti-aliased resampling to 8 kHz (a no-op for 8 kHz sources)."""
-    return resample(x, rate, TELEPHONE_RATE) if rate != TELEPHONE_RATE else np.asarray(x, dtype=np.float32)
+    return resample(x, rate, TELEPHONE_RATE)
 
 
 @lru_cache(maxsize=16)
@@ -81,8 +81,7 @@ SPEED_STEP = 0.025  # speed factors on a grid so the resampling ratio stays smal
 def speed_perturb(x: np.ndarray, factor: float, rate: int = TELEPHONE_RATE) -> np.ndarray:
     """Play ``x`` ``factor`` times faster (tempo and pitch both scale, as in Kaldi's speed perturbation):
     resample as if it had been recorded at ``rate * factor``. ``factor`` is rounded to the ``SPEED_STEP`` grid."""
-    src = int(round(rate * round(factor / SPEED_STEP) * SPEED_STEP))
-    return resample(x, src, rate) if src != rate else np.asarray(x, dtype=np.float32)
+    return resample(x, int(round(rate * round(factor / SPEED_STEP) * SPEED_STEP)), rate)
 
 
 def packet_loss(x: np.ndarray, rate: int, loss_rate: float, rng: np.random.Generator, packet_ms: float = 20.0) -> np.ndarray:

@@ -21,9 +21,9 @@ import soundfile as sf
 import torch
 
 from bench.bench_engine import speech
-from emovoice_daemon.batch import score_files
 from emovoice_daemon.config import Config, ModelConfig
-from emovoice_daemon.models.loader import load_classifier
+from emovoice_daemon.scoring.models.loader import load_classifier
+from emovoice_daemon.tools.batch import score_files
 
 RATE = 8000
 

@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from emovoice_daemon.config import EngineConfig, ModelConfig, PipelineConfig  # noqa: E402
-from emovoice_daemon.dsp.resample import resample  # noqa: E402
-from emovoice_daemon.engine import RATE, Ring, ScoringEngine, WindowResult  # noqa: E402
-from emovoice_daemon.models.loader import LABELS, load_classifier  # noqa: E402
+from emovoice_daemon.scoring.engine import RATE, Ring, ScoringEngine, WindowResult  # noqa: E402
+from emovoice_daemon.scoring.models.loader import LABELS, load_classifier  # noqa: E402
+from emovoice_daemon.scoring.resample import resample  # noqa: E402
 
 LAG_LIMIT_S = 0.5
 LATE_MS = 1e9  # a window skipped or never answered
@@ -320,7 +320,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--model", type=Path, help="score with this model directory (e.g. emovoice_daemon/models/default) "
+    p.add_argument("--model", type=Path, help="score with this model directory (e.g. emovoice_daemon/scoring/models/default) "
                    "instead of a random DistilHuBERT-shaped one")
     p.add_argument("--front-end-norm", choices=("group", "layer"), default="group",
                    help="group: DistilHuBERT as released; layer: per-frame LayerNorm CNN, which streams exactly")

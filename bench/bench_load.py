@@ -28,8 +28,20 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from bench.loadgen import (MALFORMED, FakeSystemd, PeerResult, abrupt, healthy, malformed, never_reads, rss_bytes,
-                           slow_loris, unit_environment, voiced_audio, windows_due)
+from bench.loadgen import (
+    MALFORMED,
+    FakeSystemd,
+    PeerResult,
+    abrupt,
+    healthy,
+    malformed,
+    never_reads,
+    rss_bytes,
+    slow_loris,
+    unit_environment,
+    voiced_audio,
+    windows_due,
+)
 
 TOKEN = "bench-token"
 COUNTED = ("call.started", "score", "call.ended")
@@ -57,7 +69,7 @@ class Daemon:
         self.notify.messages.clear()
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emovoice_daemon.cli", "run", "-c", str(self.config_path)], cwd=self.workdir,
+            [sys.executable, "-m", "emovoice_daemon.tools.cli", "run", "-c", str(self.config_path)], cwd=self.workdir,
             stdout=subprocess.DEVNULL, stderr=open(self.workdir / "daemon.stderr", "ab"),
             env={**os.environ, **unit_environment(), **self.notify.env(watchdog_s=5.0)})
         arrived, _ = self.notify.wait_for(lambda m: m.get("READY") == "1", timeout=120)

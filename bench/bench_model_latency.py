@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForAudioClassification
 
-import emovoice_daemon.models  # noqa: F401  (registers the EmoVoice model types)
+import emovoice_daemon.scoring.models  # noqa: F401  (registers the EmoVoice model types)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "emovoice_daemon" / "models" / "default"
 

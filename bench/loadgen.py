@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from emovoice_daemon.audiosocket import Kind, encode_frame
-from emovoice_daemon.simulate import FRAME_S, audiosocket_frames, play_call
+from emovoice_daemon.ingest.audiosocket import Kind, encode_frame
+from emovoice_daemon.tools.simulate import FRAME_S, audiosocket_frames, play_call
 
 RATE = 8000
 

@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import metrics
-from .engine import ScoringEngine, WindowResult
-from .events import EventBus
-from .policy import EscalationPolicy
-from .summary import LegSummary
+from emovoice_daemon.judgement.policy import EscalationPolicy
+from emovoice_daemon.judgement.summary import LegSummary
+from emovoice_daemon.outputs import metrics
+from emovoice_daemon.outputs.events import EventBus
+from emovoice_daemon.scoring.engine import ScoringEngine, WindowResult
 
 log = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     stderr_path = tmp_path / "daemon.stderr"
-    proc = subprocess.Popen([sys.executable, "-m", "emovoice_daemon.cli", "run", "-c", str(cfg_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "emovoice_daemon.tools.cli", "run", "-c", str(cfg_path)],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(stderr_path, "wb"),
                             env={**os.environ, **(env or {})})
     daemon = DaemonProcess(proc, config["audiosocket"]["port"], config["api"]["port"], config["api"]["token"],

@@ -13,8 +13,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import signal
 
-from emovoice_daemon.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from emovoice_daemon.dsp.resample import resample
+from emovoice_daemon.ingest.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from emovoice_daemon.scoring.resample import resample
 
 TELEPHONE_RATE = 8000
 

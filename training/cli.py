@@ -43,10 +43,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from transformers import AutoConfig, AutoModelForAudioClassification
 
-    import emovoice_daemon.models  # noqa: F401  (registers the EmoVoice model types)
+    import emovoice_daemon.scoring.models  # noqa: F401  (registers the EmoVoice model types)
+    from training.config import CorpusSpec
     from training.evaluate import evaluate, headline, metrics_table
     from training.run import load
-    from training.config import CorpusSpec
 
     torch.set_num_threads(args.threads)
     config = AutoConfig.from_pretrained(args.model)

@@ -15,7 +15,7 @@ def git_revision() -> str:
     """Current commit of the code, with ``+dirty`` when training files have uncommitted changes."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "emovoice_daemon/models"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "emovoice_daemon/scoring/models"], capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")

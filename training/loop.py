@@ -12,7 +12,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import PreTrainedModel
 
-from emovoice_daemon.dsp.resample import resample
+from emovoice_daemon.scoring.resample import resample
 from training.augment import TELEPHONE_RATE, TelephonyAugment
 from training.metrics import classification_report
 

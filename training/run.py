@@ -9,14 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import emovoice_daemon.models  # noqa: F401  (registers the EmoVoice model types)
 from transformers import AutoModelForAudioClassification, PreTrainedModel
 
+import emovoice_daemon.scoring.models  # noqa: F401  (registers the EmoVoice model types)
 from training.audio import AudioStore
 from training.calibration import fit_temperature
 from training.config import CorpusSpec, RunConfig
 from training.corpora import CLASSES, NEGATIVE, Utterance, load_corpus
-from training.evaluate import condition_waves, evaluate, fold_table, headline, metrics_table, save_confusions, summarize_folds
+from training.evaluate import (
+    condition_waves,
+    evaluate,
+    fold_table,
+    headline,
+    metrics_table,
+    save_confusions,
+    summarize_folds,
+)
 from training.export import card_meta, render_card, save_model_dir
 from training.loop import Log, TrainData, predict_logits
 from training.operating_point import recall_bias, shift_output

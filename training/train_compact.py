@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from emovoice_daemon.models.compact import CompactConfig, CompactForAudioClassification
+from emovoice_daemon.scoring.models.compact import CompactConfig, CompactForAudioClassification
 from training.loop import train_end_to_end
 
 

@@ -13,13 +13,13 @@ frame once per leg and the streaming pass equals the full-window pass by constru
 """
 from __future__ import annotations
 
-from functools import partial
 from dataclasses import fields
+from functools import partial
 
 from transformers import AutoConfig
 
-from emovoice_daemon.models.compact import LABELS
-from emovoice_daemon.models.hubert import EmoVoiceHubertConfig, EmoVoiceHubertForSequenceClassification
+from emovoice_daemon.scoring.models.compact import LABELS
+from emovoice_daemon.scoring.models.hubert import EmoVoiceHubertConfig, EmoVoiceHubertForSequenceClassification
 from training.loop import train_end_to_end
 
 

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from emovoice_daemon.dsp.resample import resample
-from emovoice_daemon.models.hubert import EmoVoiceHubertForSequenceClassification
+from emovoice_daemon.scoring.models.hubert import EmoVoiceHubertForSequenceClassification
+from emovoice_daemon.scoring.resample import resample
+from training import train_hubert
 from training.augment import TELEPHONE_RATE, TelephonyAugment
 from training.loop import Log, TrainData, TrainSettings, class_weights, model_rate
 from training.metrics import classification_report
-from training import train_hubert
 
 
 def build(options: dict) -> EmoVoiceHubertForSequenceClassification:

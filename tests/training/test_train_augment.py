@@ -69,7 +69,7 @@ def test_g711_roundtrip_snr_is_in_the_codec_range(law: str) -> None:
 
 
 def test_g711_uses_daemon_codec_and_rejects_unknown_law() -> None:
-    from emovoice_daemon.codecs.g711 import ulaw_decode, ulaw_encode
+    from emovoice_daemon.ingest.g711 import ulaw_decode, ulaw_encode
 
     x = tone(700, 8000)
     pcm = np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 from synthetic_audio import synth, write
-
 from test_train_default_model import DEFAULT_DIR
+
 from training.cli import main
 
 

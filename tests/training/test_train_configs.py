@@ -18,5 +18,5 @@ def test_example_configs_parse(path: Path) -> None:
 
 def test_default_config_reproduces_the_shipped_model() -> None:
     cfg = load_config(Path(__file__).resolve().parents[2] / "training" / "configs" / "default.yaml")
-    assert cfg.model_kind == "compact" and cfg.export_dir == Path("emovoice_daemon/models/default")
+    assert cfg.model_kind == "compact" and cfg.export_dir == Path("emovoice_daemon/scoring/models/default")
     assert cfg.ship.startswith("fold") or cfg.ship == "final"

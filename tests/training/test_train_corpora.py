@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from synthetic_audio import synth, write
+
 from training.corpora import (
     load_corpus,
     load_cremad,

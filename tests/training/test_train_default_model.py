@@ -7,9 +7,9 @@ import torch
 from synthetic_audio import synth
 from transformers import AutoConfig, AutoModelForAudioClassification
 
-import emovoice_daemon.models  # noqa: F401
+import emovoice_daemon.scoring.models  # noqa: F401
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "emovoice_daemon" / "models" / "default"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "emovoice_daemon" / "scoring" / "models" / "default"
 
 
 def test_files_and_size_budget() -> None:

@@ -8,10 +8,10 @@ import torch
 from synthetic_audio import synth
 from transformers import AutoConfig, AutoModelForAudioClassification, HubertConfig, HubertModel
 
-import emovoice_daemon.models  # noqa: F401
-from emovoice_daemon.dsp.resample import resample
-from emovoice_daemon.models.loader import Classifier
-from emovoice_daemon.streaming import LegCache, StreamingFrontEnd
+import emovoice_daemon.scoring.models  # noqa: F401
+from emovoice_daemon.scoring.models.loader import Classifier
+from emovoice_daemon.scoring.resample import resample
+from emovoice_daemon.scoring.streaming import LegCache, StreamingFrontEnd
 from training import train_hubert, train_superb
 from training.augment import TelephonyAugment
 from training.export import save_model_dir

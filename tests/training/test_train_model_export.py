@@ -8,8 +8,8 @@ import torch
 from synthetic_audio import make_cremad, synth
 from transformers import AutoConfig, AutoModelForAudioClassification
 
-import emovoice_daemon.models  # noqa: F401
-from emovoice_daemon.models.compact import CompactConfig, CompactForAudioClassification, mel_filterbank
+import emovoice_daemon.scoring.models  # noqa: F401
+from emovoice_daemon.scoring.models.compact import CompactConfig, CompactForAudioClassification, mel_filterbank
 from training.config import load_config
 from training.loop import predict_logits
 from training.run import run

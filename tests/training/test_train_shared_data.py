@@ -3,17 +3,16 @@ from collections import Counter
 
 import numpy as np
 from synthetic_audio import require_shared
+from test_train_default_model import DEFAULT_DIR
 from transformers import AutoConfig, AutoModelForAudioClassification
 
-import emovoice_daemon.models  # noqa: F401
-from training.corpora import load_cremad, load_ravdess
-from training.evaluate import condition_waves
+import emovoice_daemon.scoring.models  # noqa: F401
 from training.audio import AudioStore
+from training.corpora import CLASSES, load_cremad, load_ravdess
+from training.evaluate import condition_waves
 from training.loop import predict_logits
 from training.metrics import classification_report
 from training.splits import speaker_folds
-from training.corpora import CLASSES
-from test_train_default_model import DEFAULT_DIR
 
 
 def test_cremad_complete() -> None:

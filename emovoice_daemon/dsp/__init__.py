@@ -1,1 +1,0 @@
-"""Signal processing shared by the daemon and the training code."""

@@ -1,0 +1,279 @@
+"""AudioSocket: the framing of Asterisk's ``AudioSocket()`` application and ``AudioSocket/`` channel.
+
+A frame is ``kind (1 byte) | length (2 bytes, big-endian) | payload``. Asterisk sends a UUID
+frame first, then audio (``0x10`` = 8 kHz, or ``0x11``..``0x18`` for the higher signed-linear
+rates of Asterisk >= 20.17/21.12/22.7/23.1, all little-endian), DTMF digits (``0x03``), and
+ends a call by closing the socket (EOF) rather than with a ``0x00`` frame. Note ``0x10``
+carries mu-law when ExternalMedia uses ``encapsulation=audiosocket&format=ulaw``: the encoding
+of ``0x10`` comes from configuration, not from the frame.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import logging
+import struct
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from emovoice_daemon.calls import CallManager, Leg
+from emovoice_daemon.config import AudioSocketConfig
+from emovoice_daemon.ingest.g711 import alaw_decode, ulaw_decode
+from emovoice_daemon.outputs import metrics
+from emovoice_daemon.scoring.resample import StreamResampler
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct(">BH")
+LEG_RATE = 8000
+
+
+class Kind(enum.IntEnum):
+    HANGUP = 0x00
+    UUID = 0x01
+    DTMF = 0x03
+    AUDIO = 0x10
+    SLIN12 = 0x11
+    SLIN16 = 0x12
+    SLIN24 = 0x13
+    SLIN32 = 0x14
+    SLIN44 = 0x15
+    SLIN48 = 0x16
+    SLIN96 = 0x17
+    SLIN192 = 0x18
+    ERROR = 0xFF
+
+
+SLIN_RATES = {
+    Kind.SLIN12: 12000, Kind.SLIN16: 16000, Kind.SLIN24: 24000, Kind.SLIN32: 32000,
+    Kind.SLIN44: 44100, Kind.SLIN48: 48000, Kind.SLIN96: 96000, Kind.SLIN192: 192000,
+}
+
+ERROR_CODES = {0x00: "none", 0x01: "hangup", 0x02: "frame forwarding", 0x04: "memory"}
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing; the connection is closed."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: Kind
+    payload: bytes
+
+
+def encode_frame(kind: Kind, payload: bytes = b"") -> bytes:
+    """Serialise one frame."""
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+class FrameParser:
+    """Incremental parser: frames may be split or coalesced across TCP reads."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame still buffered."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add bytes; return the complete frames. Raises ProtocolError on a bad header."""
+        self._buf += data
+        frames = []
+        while len(self._buf) >= HEADER.size:
+            kind_byte, length = HEADER.unpack_from(self._buf)
+            if kind_byte not in Kind._value2member_map_:
+                raise ProtocolError(f"unknown frame type 0x{kind_byte:02x}")
+            if length > self.max_frame_bytes:
+                raise ProtocolError(f"frame length {length} over the limit of {self.max_frame_bytes}")
+            end = HEADER.size + length
+            if len(self._buf) < end:
+                break
+            frames.append(Frame(Kind(kind_byte), bytes(self._buf[HEADER.size:end])))
+            del self._buf[:end]
+        return frames
+
+
+def parse_uuid(payload: bytes) -> str:
+    """The call id carried by a UUID frame."""
+    if len(payload) != 16:
+        raise ProtocolError(f"UUID frame of {len(payload)} bytes, expected 16")
+    return str(uuid.UUID(bytes=payload))
+
+
+class AudioDecoder:
+    """Turns audio frame payloads into int16 samples at 8 kHz, whatever the frame rate."""
+
+    def __init__(self, payload_format: str) -> None:
+        self.payload_format = payload_format
+        self._resamplers: dict[int, StreamResampler] = {}
+
+    def decode(self, frame: Frame) -> np.ndarray:
+        if frame.kind == Kind.AUDIO and self.payload_format == "ulaw":
+            return ulaw_decode(frame.payload)
+        if frame.kind == Kind.AUDIO and self.payload_format == "alaw":
+            return alaw_decode(frame.payload)
+        pcm = np.frombuffer(frame.payload[: len(frame.payload) // 2 * 2], dtype="<i2")
+        rate = SLIN_RATES.get(frame.kind, LEG_RATE)
+        if rate == LEG_RATE:
+            return pcm.astype(np.int16)
+        resampler = self._resamplers.setdefault(rate, StreamResampler(rate, LEG_RATE))
+        return np.clip(np.rint(resampler.process(pcm)), -32768, 32767).astype(np.int16)
+
+
+SILENCE_FRAME = encode_frame(Kind.AUDIO, bytes(320))
+KEEPALIVE_AFTER_S = 0.5
+
+
+class Connection:
+    """One AudioSocket TCP connection = one call leg."""
+
+    def __init__(self, cfg: AudioSocketConfig, calls: CallManager,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.cfg, self.calls, self.reader, self.writer = cfg, calls, reader, writer
+        self.peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+        self.parser = FrameParser(cfg.max_frame_bytes)
+        self.decoder = AudioDecoder(cfg.payload_format)
+        self.leg: Leg | None = None
+        self._last_rx = asyncio.get_running_loop().time()
+
+    async def run(self) -> None:
+        """Serve the connection until EOF, hangup, error or idle timeout; always ends the leg."""
+        keepalive = asyncio.create_task(self._keepalive()) if self.cfg.keepalive else None
+        reason = "error"
+        try:
+            reason = await self._receive()
+        except ProtocolError as exc:
+            metrics.AUDIOSOCKET_ERRORS.labels("protocol").inc()
+            log.warning("audiosocket %s: %s; closing this connection", self.peer, exc)
+        except (ConnectionError, OSError) as exc:
+            log.info("audiosocket %s: connection lost: %s", self.peer, exc)
+            reason = "eof"
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            raise
+        except Exception:  # a bug met by one call must not escape: log it, close this connection only
+            metrics.AUDIOSOCKET_ERRORS.labels("internal").inc()
+            log.exception("audiosocket %s: internal error; closing this connection", self.peer)
+        finally:
+            if keepalive:
+                keepalive.cancel()
+            self.writer.close()
+            if self.leg is not None:
+                await self.leg.end(reason)
+
+    async def _receive(self) -> str:
+        """Read frames until the call ends; idle means no *complete* frame, so a byte-a-second peer times out too."""
+        loop = asyncio.get_running_loop()
+        last_frame = loop.time()
+        while True:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), last_frame + self.cfg.idle_timeout_s - loop.time())
+            except asyncio.TimeoutError:
+                log.info("audiosocket %s: no complete frame for %.1f s; closing", self.peer, self.cfg.idle_timeout_s)
+                return "idle_timeout"
+            if not data:
+                if self.parser.pending:
+                    log.warning("audiosocket %s: closed mid-frame (%d bytes dropped)", self.peer, self.parser.pending)
+                return "eof"
+            self._last_rx = loop.time()
+            frames = self.parser.feed(data)
+            if frames:
+                last_frame = self._last_rx
+            for frame in frames:
+                reason = self._handle(frame)
+                if reason:
+                    return reason
+
+    def _handle(self, frame: Frame) -> str | None:
+        """Act on one frame; returns an end reason when the call is over."""
+        if self.leg is None:
+            if frame.kind != Kind.UUID:
+                raise ProtocolError(f"first frame is {frame.kind.name}, expected UUID")
+            self._start(parse_uuid(frame.payload))
+            return None
+        if frame.kind == Kind.HANGUP:
+            return "hangup"
+        if frame.kind == Kind.ERROR:
+            code = frame.payload[0] if frame.payload else 0
+            log.warning("audiosocket %s: peer error 0x%02x (%s)", self.peer, code, ERROR_CODES.get(code, "application"))
+            return "error"
+        if frame.kind == Kind.DTMF:
+            self.leg.dtmf(frame.payload[:1].decode("ascii", "replace"))
+        elif frame.kind == Kind.UUID:
+            raise ProtocolError("second UUID frame on one connection")
+        else:
+            self.leg.feed(self.decoder.decode(frame))
+        return None
+
+    def _start(self, call_id: str) -> None:
+        try:
+            self.leg = self.calls.start_leg(call_id, self.cfg.role, "audiosocket", {"peer": self.peer})
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+
+    async def _keepalive(self) -> None:
+        """Send silence while the caller is quiet: AudioSocket() hangs up after 2 s of no activity."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(KEEPALIVE_AFTER_S)
+            transport = self.writer.transport
+            if transport.is_closing() or transport.get_write_buffer_size() > 64 * 1024:
+                continue  # a peer that never reads gets no more; its buffer stays bounded
+            if loop.time() - self._last_rx >= KEEPALIVE_AFTER_S:
+                self.writer.write(SILENCE_FRAME)
+
+
+class AudioSocketServer:
+    """TCP listener accepting AudioSocket connections from allowed peers."""
+
+    def __init__(self, cfg: AudioSocketConfig, calls: CallManager) -> None:
+        self.cfg, self.calls = cfg, calls
+        self._allow = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.cfg.host, self.cfg.port)
+        log.info("audiosocket listening on %s", self.address)
+
+    @property
+    def address(self) -> str:
+        sock = self._server.sockets[0].getsockname() if self._server else (self.cfg.host, self.cfg.port)
+        return f"{sock[0]}:{sock[1]}"
+
+    def allowed(self, host: str) -> bool:
+        addr = ipaddress.ip_address(host.split("%")[0])
+        return any(addr in net for net in self._allow)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host = writer.get_extra_info("peername")[0]
+        if not self.allowed(host):
+            metrics.AUDIOSOCKET_ERRORS.labels("rejected_peer").inc()
+            log.warning("audiosocket: rejected connection from %s (not in audiosocket.allow)", host)
+            writer.close()
+            return
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            await Connection(self.cfg, self.calls, reader, writer).run()
+        finally:
+            self._tasks.discard(task)
+
+    async def stop_accepting(self) -> None:
+        """Close the listener; live connections go on."""
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def close_all(self) -> None:
+        """Cancel live connections (their legs end with reason 'shutdown' via the leg's owner)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,104 @@
+"""HTTP/WebSocket API (aiohttp): /health, /metrics and the /events stream.
+
+Every route needs ``Authorization: Bearer <token>`` (or ``?token=`` for browsers), except
+the paths in ``PUBLIC_PATHS``; tokens are compared in constant time.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from emovoice_daemon.outputs import history, metrics, notifier
+from emovoice_daemon.outputs.events import EventBus
+
+if TYPE_CHECKING:
+    from emovoice_daemon.service.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+DAEMON_KEY: web.AppKey["Daemon"] = web.AppKey("daemon")
+SOCKETS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
+WS_CLOSE_TIMEOUT_S = 2.0  # how long a closing client may take to answer the close frame
+PUBLIC_PATHS = {"/health", *notifier.PUBLIC_PATHS}  # the agent page and socket check agent tokens
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_token(request: web.Request) -> str:
+    """The bearer token of a request (header first, then the ``token`` query parameter)."""
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[len("Bearer "):].strip()
+    return request.query.get("token", "")
+
+
+def token_ok(request: web.Request, token: str) -> bool:
+    return hmac.compare_digest(request_token(request).encode(), token.encode())
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    daemon = request.app[DAEMON_KEY]
+    public = request.path in PUBLIC_PATHS or (request.path == "/metrics" and daemon.config.api.metrics_public)
+    if not public and not token_ok(request, daemon.api_token):
+        return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DAEMON_KEY].health())
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    body = generate_latest(metrics.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def events_ws(request: web.Request) -> web.WebSocketResponse:
+    """Stream every event as a JSON text message; ``?call_id=`` narrows it to one call."""
+    ws = web.WebSocketResponse(heartbeat=20, timeout=WS_CLOSE_TIMEOUT_S)
+    await ws.prepare(request)
+    sockets = request.app[SOCKETS_KEY]
+    sockets.add(ws)
+    forward = asyncio.create_task(_forward(request.app[DAEMON_KEY].bus, ws, request.query.get("call_id")))
+    try:
+        async for _ in ws:  # clients send nothing; reading is how a close is noticed
+            pass
+    finally:
+        sockets.discard(ws)
+        forward.cancel()
+        await asyncio.gather(forward, return_exceptions=True)
+    return ws
+
+
+async def _forward(bus: EventBus, ws: web.WebSocketResponse, call_id: str | None) -> None:
+    async for event in bus.subscribe():
+        if call_id is None or event["call_id"] == call_id:
+            await ws.send_str(json.dumps(event))
+
+
+async def close_websockets(app: web.Application) -> None:
+    """On shutdown: close the open /events sockets (1001 going away) so a drain never waits for clients."""
+    await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"daemon stopping")
+                           for ws in set(app[SOCKETS_KEY])))
+
+
+def build_app(daemon: "Daemon") -> web.Application:
+    app = web.Application(middlewares=[auth_middleware])
+    app[DAEMON_KEY] = daemon
+    app[SOCKETS_KEY] = set()
+    app.on_shutdown.append(close_websockets)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/events", events_ws)
+    if daemon.history is not None:
+        history.add_routes(app, daemon.history)
+    if daemon.notifier is not None:
+        notifier.add_routes(app, daemon.notifier)
+    return app

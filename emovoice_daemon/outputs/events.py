@@ -1,0 +1,67 @@
+"""Event schema (version 1) and the in-process bus that fans events out to the log and subscribers.
+
+See docs/architecture.md for every event type and its fields.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any, AsyncIterator, Callable
+
+from emovoice_daemon.outputs import metrics
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("call.started", "call.dtmf", "score", "escalation.raised", "escalation.cleared", "call.ended")
+
+Event = dict[str, Any]
+Sink = Callable[[Event], None]
+
+
+class EventBus:
+    """Numbers events, writes them to sinks (the JSONL log) and fans them out to subscribers.
+
+    Publishing never blocks: a subscriber whose queue is full loses its oldest event and the
+    drop is counted, so one slow WebSocket client cannot stall scoring for every call.
+    """
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self.queue_size = queue_size
+        self._seq = itertools.count(1)
+        self._sinks: list[Sink] = []
+        self._subscribers: set[asyncio.Queue[Event]] = set()
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def make_event(self, type_: str, call_id: str, role: str, **fields: Any) -> Event:
+        """A schema-versioned event with a daemon-wide sequence number."""
+        assert type_ in EVENT_TYPES, type_
+        return {"v": SCHEMA_VERSION, "type": type_, "ts": round(time.time(), 3), "seq": next(self._seq),
+                "call_id": call_id, "role": role, **fields}
+
+    def publish(self, event: Event) -> None:
+        metrics.EVENTS_TOTAL.labels(event["type"]).inc()
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception:  # a failing sink must not lose the event for the others
+                log.exception("event sink %r failed", sink)
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()
+                metrics.EVENTS_DROPPED.inc()
+            queue.put_nowait(event)
+
+    async def subscribe(self) -> AsyncIterator[Event]:
+        """Yield every event published from now on, until the consumer stops iterating."""
+        queue: asyncio.Queue[Event] = asyncio.Queue(self.queue_size)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)

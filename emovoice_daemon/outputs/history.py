@@ -1,0 +1,164 @@
+"""Call history in SQLite: one row per leg from ``call.started`` to ``call.ended`` and its summary.
+
+Served by the API as ``GET /calls`` (newest first; ``live``, ``agent``, ``limit``, ``offset``)
+and ``GET /calls/{call_id}`` (every leg with its summary). Holds scores, never audio.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from emovoice_daemon.outputs.events import Event
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS legs (
+    call_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    source TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    reason TEXT,
+    summary TEXT,
+    PRIMARY KEY (call_id, role)
+);
+CREATE INDEX IF NOT EXISTS legs_started ON legs (started);
+"""
+MAX_LIMIT = 500
+
+
+class CallHistory:
+    """SQLite store of call legs; ``sink`` is an EventBus sink, ``run()`` writes what it queued."""
+
+    def __init__(self, path: str, retention_days: float = 0.0) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        with self._lock, self._db:
+            self._db.executescript(SCHEMA)
+            # legs a previous run never ended (it crashed or was killed) are not live any more
+            self._db.execute("UPDATE legs SET ended = started, reason = 'lost' WHERE ended IS NULL")
+            if retention_days > 0:
+                self._db.execute("DELETE FROM legs WHERE started < ?", (time.time() - retention_days * 86400,))
+
+    def sink(self, event: Event) -> None:
+        """EventBus sink: queue call.started/call.ended (never blocks, never drops)."""
+        if event["type"] in ("call.started", "call.ended"):
+            self._queue.put_nowait(event)
+
+    async def run(self) -> None:
+        """Write queued events until cancelled; a bad event is logged and skipped."""
+        while True:
+            event = await self._queue.get()
+            try:
+                await asyncio.to_thread(self.record, event)
+            except (sqlite3.Error, KeyError, TypeError, ValueError):
+                log.exception("call history: cannot record %s of %s", event.get("type"), event.get("call_id"))
+
+    async def drain(self) -> None:
+        """Write everything queued so far (used at shutdown and by tests)."""
+        while not self._queue.empty():
+            await asyncio.to_thread(self.record, self._queue.get_nowait())
+
+    def record(self, event: Event) -> None:
+        with self._lock, self._db:
+            if event["type"] == "call.started":
+                self._db.execute(
+                    "INSERT OR REPLACE INTO legs (call_id, role, source, meta, started) VALUES (?, ?, ?, ?, ?)",
+                    (event["call_id"], event["role"], event["source"], json.dumps(event.get("meta", {})), event["ts"]))
+            elif event["type"] == "call.ended":
+                self._db.execute(
+                    "UPDATE legs SET ended = ?, reason = ?, summary = ? WHERE call_id = ? AND role = ?",
+                    (event["ts"], event["reason"], json.dumps(event["summary"]), event["call_id"], event["role"]))
+
+    def list_calls(self, limit: int = 50, offset: int = 0, live: bool | None = None,
+                   agent: str | None = None) -> list[dict[str, Any]]:
+        """Calls newest first, each with its legs' overview (no timelines)."""
+        where, args = [], []
+        if live is not None:
+            where.append("ended IS NULL" if live else "ended IS NOT NULL")
+        if agent is not None:
+            where.append("json_extract(meta, '$.agent') = ?")
+            args.append(agent)
+        sql = ("SELECT call_id FROM legs" + (" WHERE " + " AND ".join(where) if where else "")
+               + " GROUP BY call_id ORDER BY MIN(started) DESC, MIN(rowid) DESC LIMIT ? OFFSET ?")
+        with self._lock:
+            ids = [r["call_id"] for r in self._db.execute(sql, (*args, limit, offset))]
+        calls = [self.get_call(call_id, timeline=False) for call_id in ids]
+        return [c for c in calls if c is not None]
+
+    def get_call(self, call_id: str, timeline: bool = True) -> dict[str, Any] | None:
+        """One call with every leg (and its summary), or None."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM legs WHERE call_id = ? ORDER BY role", (call_id,)).fetchall()
+        if not rows:
+            return None
+        legs = [_leg(row, timeline) for row in rows]
+        meta: dict[str, Any] = {}
+        for leg in legs:
+            meta.update(leg["meta"])
+        ended = [leg["ended"] for leg in legs]
+        return {"call_id": call_id, "source": legs[0]["source"], "meta": meta,
+                "started": min(leg["started"] for leg in legs),
+                "ended": None if None in ended else max(ended), "live": None in ended,
+                "peak_negative": max((leg["summary"] or {}).get("peak_negative", 0.0) for leg in legs),
+                "escalations": sum((leg["summary"] or {}).get("escalations", 0) for leg in legs),
+                "legs": legs}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _leg(row: sqlite3.Row, timeline: bool) -> dict[str, Any]:
+    summary = json.loads(row["summary"]) if row["summary"] else None
+    if summary is not None and not timeline:
+        summary.pop("timeline", None)
+    return {"role": row["role"], "source": row["source"], "meta": json.loads(row["meta"]),
+            "started": row["started"], "ended": row["ended"], "reason": row["reason"], "summary": summary}
+
+
+def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name} must be an integer, got {raw!r}"}),
+                                 content_type="application/json") from None
+    if not 0 <= value <= maximum:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name} must be between 0 and {maximum}"}),
+                                 content_type="application/json")
+    return value
+
+
+def add_routes(app: web.Application, history: CallHistory) -> None:
+    """``GET /calls`` and ``GET /calls/{call_id}`` (auth is the API's middleware)."""
+
+    async def list_handler(request: web.Request) -> web.Response:
+        live = request.query.get("live")
+        calls = await asyncio.to_thread(
+            history.list_calls, _int_param(request, "limit", 50, MAX_LIMIT), _int_param(request, "offset", 0, 10**9),
+            None if live is None else live in ("1", "true", "yes"), request.query.get("agent"))
+        return web.json_response({"calls": calls})
+
+    async def get_handler(request: web.Request) -> web.Response:
+        call = await asyncio.to_thread(history.get_call, request.match_info["call_id"])
+        if call is None:
+            return web.json_response({"error": f"no call {request.match_info['call_id']!r}"}, status=404)
+        return web.json_response(call)
+
+    app.router.add_get("/calls", list_handler)
+    app.router.add_get("/calls/{call_id}", get_handler)

@@ -1,0 +1,282 @@
+"""Scoring engine: gathers the windows due from all live legs, batches them, runs the model.
+
+Each leg keeps the last ``window_s`` of its audio (8 kHz for the VAD, model rate for the
+model, resampled with one :class:`StreamResampler` per leg). Every ``hop_s`` a window is
+due: silent ones (VAD) are answered at once, the others queue in arrival order. One
+worker takes up to ``max_batch`` of them (waiting at most ``max_wait_ms`` to fill a batch)
+and runs the model in a dedicated thread; HuBERT/wav2vec2-shaped models use the streaming
+front-end (:mod:`.streaming`). Results reach ``on_result`` on the event loop, in order per
+leg. Back-pressure: a leg has at most one window waiting; when a newer window is due
+before the waiting one was taken, the waiting one is answered ``overload`` and the new one
+takes its place in the queue (that leg's hop widens, no leg loses its turn), and windows
+waiting longer than ``max_lag_s`` are answered ``overload`` - lag never grows without bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from emovoice_daemon.config import EngineConfig, PipelineConfig
+from emovoice_daemon.outputs import metrics
+from emovoice_daemon.scoring import streaming
+from emovoice_daemon.scoring.models.loader import Classifier
+from emovoice_daemon.scoring.resample import StreamResampler
+from emovoice_daemon.scoring.vad import voiced_ratio
+
+log = logging.getLogger(__name__)
+
+RATE = 8000
+MIN_FINAL_S = 1.0  # a leg too short for a full window is scored on close if it has this much
+
+
+@dataclass
+class WindowResult:
+    """The outcome of one window of one leg; ``probs`` is None when ``skipped`` says why."""
+
+    leg_id: str
+    start_s: float
+    end_s: float
+    probs: np.ndarray | None
+    skipped: str | None
+    latency_ms: float
+
+
+class Ring:
+    """Fixed-capacity buffer of the most recent samples."""
+
+    def __init__(self, capacity: int, dtype: type) -> None:
+        self.buf = np.zeros(capacity, dtype=dtype)
+        self.total = 0  # samples ever written
+
+    def write(self, x: np.ndarray) -> None:
+        x = x[-len(self.buf):]
+        pos = self.total % len(self.buf)
+        head = min(len(x), len(self.buf) - pos)
+        self.buf[pos : pos + head] = x[:head]
+        self.buf[: len(x) - head] = x[head:]
+        self.total += len(x)
+
+    def last(self, n: int) -> np.ndarray:
+        """Copy of the newest ``n`` samples (n <= capacity and <= total)."""
+        end = self.total % len(self.buf)
+        idx = np.arange(end - n, end) % len(self.buf)
+        return self.buf[idx]
+
+
+@dataclass(eq=False)
+class _Window:
+    leg: "_Leg"
+    seq: int
+    start: int  # 8 kHz sample index
+    end: int
+    audio: np.ndarray  # float32 at the model's rate
+    audio_start: int  # model-rate index of audio[0]
+    due: float
+    queued: float = 0.0
+
+
+@dataclass(eq=False)
+class _Leg:
+    leg_id: str
+    on_result: Callable[[WindowResult], None]
+    pcm: Ring
+    wave: Ring
+    resampler: StreamResampler | None  # None when the model runs at 8 kHz
+    resampled: int = 0  # 8 kHz samples already passed to the resampler
+    next_end: int = 0
+    next_seq: int = 0
+    delivered: int = 0
+    waiting: _Window | None = None
+    ready: dict[int, tuple[WindowResult, float]] = field(default_factory=dict)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    cache: streaming.LegCache = field(default_factory=streaming.LegCache)
+
+    def nbytes(self) -> int:
+        return self.pcm.buf.nbytes + self.wave.buf.nbytes + self.cache.nbytes()
+
+
+class ScoringEngine:
+    """Batches due windows from every leg through one classifier."""
+
+    def __init__(self, classifier: Classifier, pipeline: PipelineConfig, cfg: EngineConfig) -> None:
+        self.classifier, self.pipeline, self.cfg = classifier, pipeline, cfg
+        self.window = int(round(pipeline.window_s * RATE))
+        self.hop = int(round(pipeline.hop_s * RATE))
+        self.model_rate = classifier.sampling_rate
+        self.frontend = self._streaming_front_end() if cfg.streaming and streaming.supports(classifier) else None
+        self._legs: dict[str, _Leg] = {}
+        self._queue: deque[_Window] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emovoice-infer")
+        self._worker: asyncio.Task[None] | None = None
+        self._inflight: list[_Window] = []
+
+    def _streaming_front_end(self) -> streaming.StreamingFrontEnd | None:
+        """The streaming front-end, if every window starts on the encoder's frame grid."""
+        front = streaming.StreamingFrontEnd(self.classifier, self.cfg.stream_drift)
+        step = front.stride * RATE  # window and hop, in 8 kHz samples times model rate, must be whole frames
+        if (self.window * self.model_rate) % step or (self.hop * self.model_rate) % step:
+            log.warning("window %.3f s / hop %.3f s are not multiples of the model's %.1f ms frames: "
+                        "scoring whole windows", self.pipeline.window_s, self.pipeline.hop_s,
+                        1000 * front.stride / self.model_rate)
+            return None
+        return front
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="scoring-engine")
+
+    async def stop(self) -> None:
+        """Stop the worker; windows still queued or in flight are answered ``overload``."""
+        if self._worker:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+        for w in [*self._inflight, *self._queue]:
+            self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
+        self._inflight, self._queue = [], deque()
+
+    @property
+    def live_legs(self) -> int:
+        return len(self._legs)
+
+    def leg_bytes(self, leg_id: str) -> int:
+        """Memory held by one leg's buffers and front-end cache."""
+        return self._legs[leg_id].nbytes()
+
+    def open_leg(self, leg_id: str, on_result: Callable[[WindowResult], None]) -> None:
+        """Start buffering a leg; its results go to ``on_result``."""
+        if leg_id in self._legs:
+            raise ValueError(f"leg {leg_id} is already open")
+        model_window = int(np.ceil(self.window * self.model_rate / RATE))
+        leg = _Leg(leg_id, on_result, Ring(self.window, np.int16), Ring(model_window, np.float32),
+                   StreamResampler(RATE, self.model_rate) if self.model_rate != RATE else None,
+                   next_end=self.window)
+        leg.idle.set()
+        self._legs[leg_id] = leg
+
+    def push(self, leg_id: str, pcm: np.ndarray) -> None:
+        """Append int16 8 kHz audio; every window it completes becomes due."""
+        leg = self._legs.get(leg_id)
+        if leg is None:
+            raise KeyError(f"push to leg {leg_id!r}, which is not open")
+        pcm = np.asarray(pcm)
+        if pcm.dtype != np.int16 or pcm.ndim != 1:
+            raise ValueError(f"leg audio must be 1-D int16 at 8 kHz, got {pcm.dtype} shape {pcm.shape}")
+        while len(pcm):
+            take = min(len(pcm), leg.next_end - leg.pcm.total)
+            leg.pcm.write(pcm[:take])
+            pcm = pcm[take:]
+            if leg.pcm.total == leg.next_end:
+                self._window_due(leg, leg.next_end - self.window, leg.next_end)
+                leg.next_end += self.hop
+
+    async def close_leg(self, leg_id: str) -> None:
+        """Score what is due (and a short leg's only, partial window), wait for the results, drop the leg."""
+        leg = self._legs.get(leg_id)
+        if leg is None:
+            return
+        if leg.next_seq == 0 and leg.pcm.total >= MIN_FINAL_S * RATE:
+            self._window_due(leg, 0, leg.pcm.total)
+        await leg.idle.wait()
+        del self._legs[leg_id]
+
+    def _window_due(self, leg: _Leg, start: int, end: int) -> None:
+        new = leg.pcm.last(end - leg.resampled)
+        if len(new):
+            wave = leg.resampler.process(new) if leg.resampler else new.astype(np.float32)
+            leg.wave.write(wave / np.float32(32768.0))
+            leg.resampled = end
+        now = time.monotonic()
+        seq, leg.next_seq = leg.next_seq, leg.next_seq + 1
+        leg.idle.clear()
+        if voiced_ratio(leg.pcm.last(end - start), RATE, self.pipeline.vad_energy_dbfs) < self.pipeline.vad_min_voiced:
+            self._finish(leg, seq, start, end, None, "silence", now)
+            return
+        n = min(leg.wave.total, int(round((end - start) * self.model_rate / RATE)))
+        window = _Window(leg, seq, start, end, leg.wave.last(n), leg.wave.total - n, now)
+        stale = leg.waiting
+        if stale is not None and now - stale.due > self.pipeline.hop_s / 2:
+            self._finish(leg, stale.seq, stale.start, stale.end, None, "overload", stale.due)
+            window.queued = stale.queued
+            self._queue[self._queue.index(stale)] = window  # keeps the leg's place in line
+        else:
+            window.queued = now
+            self._queue.append(window)
+        leg.waiting = window
+        self._arrived.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            now = time.monotonic()
+            todo = []
+            for w in batch:
+                if w.leg.waiting is w:
+                    w.leg.waiting = None
+                if now - w.due > self.cfg.max_lag_s:
+                    self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
+                else:
+                    todo.append(w)
+            if not todo:
+                continue
+            self._inflight = todo
+            try:
+                probs = await loop.run_in_executor(self._executor, self._infer, todo)
+            except Exception:  # a model failure must not stop scoring for every other call
+                log.exception("scoring a batch of %d windows failed", len(todo))
+                probs = [None] * len(todo)
+            self._inflight = []
+            metrics.BATCH_SIZE.observe(len(todo))
+            for w, p in zip(todo, probs):
+                self._finish(w.leg, w.seq, w.start, w.end, p, None if p is not None else "error", w.due)
+
+    async def _next_batch(self) -> list[_Window]:
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = self._queue[0].queued + self.cfg.max_wait_ms / 1000
+        while len(self._queue) < self.cfg.max_batch and (left := deadline - time.monotonic()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        return [self._queue.popleft() for _ in range(min(self.cfg.max_batch, len(self._queue)))]
+
+    def _infer(self, batch: list[_Window]) -> np.ndarray:
+        """Runs in the inference thread: probabilities for each window, in batch order."""
+        if self.frontend is not None:
+            return self.frontend.predict([(w.leg.cache, w.audio, w.audio_start) for w in batch])
+        probs = np.zeros((len(batch), 3), dtype=np.float32)
+        by_length: dict[int, list[int]] = {}
+        for i, w in enumerate(batch):
+            by_length.setdefault(len(w.audio), []).append(i)
+        for idx in by_length.values():
+            probs[idx] = self.classifier.predict(np.stack([batch[i].audio for i in idx]))
+        return probs
+
+    def _finish(self, leg: _Leg, seq: int, start: int, end: int, probs: np.ndarray | None,
+                skipped: str | None, due: float) -> None:
+        """Record a window's result and deliver every result of the leg that is now in order."""
+        metrics.WINDOWS.labels(skipped or "scored").inc()
+        leg.ready[seq] = (WindowResult(leg.leg_id, start / RATE, end / RATE, probs, skipped, 0.0), due)
+        while leg.delivered in leg.ready:
+            result, due = leg.ready.pop(leg.delivered)
+            leg.delivered += 1
+            result.latency_ms = (time.monotonic() - due) * 1000
+            if result.skipped is None:
+                metrics.SCORING_LAG.observe(result.latency_ms / 1000)
+            try:
+                leg.on_result(result)
+            except Exception:  # one leg's failing consumer must not lose other legs' results
+                log.exception("result handler of leg %s failed", leg.leg_id)
+        if leg.delivered == leg.next_seq:
+            leg.idle.set()

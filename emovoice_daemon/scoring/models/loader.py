@@ -1,0 +1,226 @@
+"""Load a Hugging Face audio-classification directory as a 3-class caller-emotion classifier.
+
+Any model ``AutoModelForAudioClassification`` can build (HuBERT, DistilHuBERT, wav2vec2,
+the shipped compact CNN) works. Its labels are mapped to NEGATIVE / NEUTRAL / POSITIVE
+(built-in names, overridden by ``model.label_map``); the probabilities of the model
+labels that map to one class are summed. The directory is validated first, and every
+problem is reported as a :class:`ModelError` naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emovoice_daemon.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
+DEFAULT_DIR = Path(__file__).resolve().parent / "default"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+MIN_RATE, MAX_RATE = 8000, 48000
+PLACEHOLDER_SEED = 1234
+
+# Common emotion-corpus label names (lower case) and the class each one means for a call centre.
+BUILTIN_LABEL_MAP = {
+    "negative": "NEGATIVE", "neg": "NEGATIVE", "angry": "NEGATIVE", "anger": "NEGATIVE", "ang": "NEGATIVE",
+    "sad": "NEGATIVE", "sadness": "NEGATIVE", "disgust": "NEGATIVE", "dis": "NEGATIVE", "fear": "NEGATIVE",
+    "fearful": "NEGATIVE", "fea": "NEGATIVE", "frustrated": "NEGATIVE", "fru": "NEGATIVE",
+    "neutral": "NEUTRAL", "neu": "NEUTRAL", "calm": "NEUTRAL",
+    "positive": "POSITIVE", "pos": "POSITIVE", "happy": "POSITIVE", "hap": "POSITIVE", "happiness": "POSITIVE",
+    "joy": "POSITIVE", "excited": "POSITIVE", "exc": "POSITIVE",
+}
+
+
+class ModelError(Exception):
+    """A model directory that cannot be used; the message says which file and why."""
+
+
+@dataclass
+class Classifier:
+    """A loaded model: ``predict(float32[B, T] in [-1, 1] at sampling_rate) -> probs[B, 3]``."""
+
+    name: str
+    trained: bool
+    sampling_rate: int
+    model: torch.nn.Module
+    class_of_label: np.ndarray  # model output index -> 0/1/2 (NEGATIVE/NEUTRAL/POSITIVE)
+    temperature: float = 1.0
+    normalize_input: bool = False
+    device: torch.device = torch.device("cpu")
+    half: bool = False
+    labels: tuple[str, ...] = LABELS
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of equal-length waveforms."""
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] == 0:
+            raise ValueError(f"predict expects float32[B, T] with T > 0, got shape {x.shape}")
+        if self.normalize_input:
+            x = (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + 1e-7)
+        with torch.inference_mode(), self.autocast():
+            logits = self.model(input_values=self.to_device(x)).logits
+        return self.probs_from_logits(logits)
+
+    def to_device(self, x: np.ndarray) -> torch.Tensor:
+        """Host array -> tensor on the model's device (through pinned memory on CUDA)."""
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def autocast(self) -> Any:
+        """fp16 autocast on CUDA, a no-op context on CPU."""
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.half)
+
+    def probs_from_logits(self, logits: torch.Tensor) -> np.ndarray:
+        """softmax(logits / temperature), summed per class, as float32[B, 3]."""
+        p = torch.softmax(logits.float() / self.temperature, dim=-1).cpu().numpy()
+        out = np.zeros((p.shape[0], len(LABELS)), dtype=np.float32)
+        for k in range(len(LABELS)):
+            out[:, k] = p[:, self.class_of_label == k].sum(axis=1)
+        return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"{path}: missing (an audio-classification model directory needs it)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not readable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
+
+
+def map_labels(id2label: dict[Any, str], label_map: dict[str, str], where: str) -> np.ndarray:
+    """Class index (0/1/2) for each model output, from ``label_map`` then the built-in names."""
+    bad_targets = sorted({v for v in label_map.values() if v not in LABELS})
+    if bad_targets:
+        raise ModelError(f"model.label_map: targets {bad_targets} are not one of {', '.join(LABELS)}")
+    try:
+        ordered = [id2label[k] for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        raise ModelError(f"{where}: id2label keys must be output indices, got {list(id2label)}") from None
+    classes, unmapped = [], []
+    for name in ordered:
+        target = label_map.get(name) or BUILTIN_LABEL_MAP.get(str(name).lower())
+        if target is None:
+            unmapped.append(name)
+        else:
+            classes.append(LABELS.index(target))
+    if unmapped:
+        raise ModelError(
+            f"{where}: cannot map model labels {unmapped} to {'/'.join(LABELS)}; "
+            f"add them to model.label_map, e.g. {{{unmapped[0]!r}: NEUTRAL}}"
+        )
+    if LABELS.index("NEGATIVE") not in classes:
+        raise ModelError(f"{where}: no model label maps to NEGATIVE (labels: {ordered})")
+    return np.array(classes)
+
+
+def _validate_dir(path: Path) -> tuple[dict[str, Any], int]:
+    """Check the directory's files; returns (config.json, sampling_rate)."""
+    if not path.is_dir():
+        raise ModelError(f"{path}: model directory does not exist")
+    config = _read_json(path / "config.json")
+    prep = _read_json(path / "preprocessor_config.json")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise ModelError(f"{path}: no weights file (expected one of {', '.join(WEIGHT_FILES)})")
+    rate = prep.get("sampling_rate")
+    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
+        raise ModelError(
+            f"{path / 'preprocessor_config.json'}: sampling_rate must be an integer {MIN_RATE}-{MAX_RATE} Hz, got {rate!r}"
+        )
+    if "sampling_rate" in config and config["sampling_rate"] != rate:
+        raise ModelError(
+            f"{path}: config.json sampling_rate {config['sampling_rate']} differs from "
+            f"preprocessor_config.json sampling_rate {rate}"
+        )
+    if not isinstance(config.get("id2label"), dict) or not config["id2label"]:
+        raise ModelError(f"{path / 'config.json'}: no id2label (the model's output labels)")
+    temperature = config.get("temperature", 1.0)
+    if not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise ModelError(f"{path / 'config.json'}: temperature must be a number > 0, got {temperature!r}")
+    return config, rate
+
+
+def _pick_device(cfg: ModelConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device: cuda requested but no CUDA device is available")
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    torch.set_num_threads(cfg.threads)
+    return torch.device("cpu")
+
+
+def quantize_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 dynamic quantisation of the linear layers (CPU only; convolutions stay float)."""
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _finish(model: torch.nn.Module, cfg: ModelConfig, **fields: Any) -> Classifier:
+    """Eval mode, device placement and optional int8 quantisation."""
+    model.eval()
+    device = _pick_device(cfg)
+    if device.type == "cuda":
+        model.to(device)
+    elif cfg.quantize_int8:
+        model = quantize_linear(model)
+    return Classifier(model=model, device=device, half=device.type == "cuda", **fields)
+
+
+def load_directory(path: Path, cfg: ModelConfig) -> Classifier:
+    """Validate and load one HF audio-classification directory."""
+    from transformers import AutoModelForAudioClassification
+
+    import emovoice_daemon.scoring.models  # noqa: F401  (registers the project's model types)
+
+    config, rate = _validate_dir(path)
+    classes = map_labels(config["id2label"], cfg.label_map, str(path / "config.json"))
+    try:
+        model = AutoModelForAudioClassification.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"{path}: transformers could not load the model: {exc}") from None
+    if model.config.num_labels != len(classes):
+        raise ModelError(f"{path}: model has {model.config.num_labels} outputs but id2label lists {len(classes)}")
+    prep = _read_json(path / "preprocessor_config.json")
+    return _finish(
+        model, cfg, name=config.get("_name_or_path") or path.name, trained=True, sampling_rate=rate,
+        class_of_label=classes, temperature=float(config.get("temperature", 1.0)),
+        normalize_input=bool(prep.get("do_normalize", False)),
+    )
+
+
+def placeholder_model() -> torch.nn.Module:
+    """A tiny randomly initialised HuBERT (fixed seed): exercises the pipeline, knows no emotion."""
+    from transformers import HubertConfig, HubertForSequenceClassification
+
+    config = HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, classifier_proj_size=16, num_labels=3,
+        id2label=dict(enumerate(LABELS)), label2id={k: i for i, k in enumerate(LABELS)},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(PLACEHOLDER_SEED)
+        return HubertForSequenceClassification(config)
+
+
+def load_classifier(cfg: ModelConfig) -> Classifier:
+    """``cfg.path``, else the shipped default, else an untrained placeholder (scores mean nothing)."""
+    if cfg.path:
+        return load_directory(Path(cfg.path).expanduser(), cfg)
+    if DEFAULT_DIR.is_dir():
+        return load_directory(DEFAULT_DIR, cfg)
+    log.warning("no model configured and no shipped default: using an UNTRAINED placeholder; scores are not emotion")
+    return _finish(
+        placeholder_model(), cfg, name="untrained-placeholder", trained=False, sampling_rate=16000,
+        class_of_label=np.arange(3),
+    )

@@ -1,0 +1,172 @@
+"""The daemon: builds the components from the config, starts them, and stops them in order."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+
+from emovoice_daemon.calls import CallManager
+from emovoice_daemon.config import Config, read_secret
+from emovoice_daemon.ingest.ari import AriController
+from emovoice_daemon.ingest.audiosocket import AudioSocketServer
+from emovoice_daemon.ingest.rtp import RtpReceiver
+from emovoice_daemon.ingest.sip import SipEndpoint
+from emovoice_daemon.judgement.cues import CueTracker
+from emovoice_daemon.judgement.policy import policy_factory
+from emovoice_daemon.outputs.api import build_app
+from emovoice_daemon.outputs.eventlog import EventLog
+from emovoice_daemon.outputs.events import Event, EventBus
+from emovoice_daemon.outputs.history import CallHistory
+from emovoice_daemon.outputs.notifier import AgentNotifier
+from emovoice_daemon.outputs.webhook import WebhookSender
+from emovoice_daemon.scoring.engine import ScoringEngine
+from emovoice_daemon.scoring.models.loader import Classifier, load_classifier
+from emovoice_daemon.scoring.recorder import RecordingEngine
+from emovoice_daemon.service import lifecycle
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """All live components of one running daemon."""
+
+    def __init__(self, config: Config, classifier: Classifier | None = None) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.api_token = read_secret(config.api.token, config.api.token_file, "EMOVOICE_API_TOKEN")
+        if not self.api_token:
+            self.api_token = secrets.token_urlsafe(24)
+            log.warning("no api.token configured: generated one for this run: %s", self.api_token)
+        self.bus = EventBus(config.events.subscriber_queue)
+        self.started_at = time.time()
+        self._runner: web.AppRunner | None = None
+        self.api_address = ""
+        self.history: CallHistory | None = None
+        self.notifier: AgentNotifier | None = None
+        self.webhook: WebhookSender | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.rtp: RtpReceiver | None = None
+        self.ari: AriController | None = None
+        self.sip: SipEndpoint | None = None
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return {"name": self.classifier.name, "trained": self.classifier.trained}
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self.classifier is None:
+            self.classifier = await asyncio.to_thread(load_classifier, cfg.model)
+        self.event_log = EventLog(cfg.events.log_path, cfg.events.rotate_bytes, cfg.events.rotate_keep,
+                                  cfg.events.fsync_interval_s)
+        self.bus.add_sink(self.event_log.write)
+        self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
+        await self.engine.start()
+        leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine
+        self.calls = CallManager(leg_engine, self.bus, policy_factory(cfg.escalation), self.model_info)
+        self._start_escalation_outputs()
+        self.audiosocket = AudioSocketServer(cfg.audiosocket, self.calls)
+        if cfg.audiosocket.enabled:
+            await self.audiosocket.start()
+        await self._start_telephony()
+        if cfg.api.enabled:
+            await self._start_api()
+        log.info("emovoice daemon ready (model %s, trained=%s)", self.classifier.name, self.classifier.trained)
+
+    async def _start_telephony(self) -> None:
+        """ARI (with its RTP receiver) and the SIP endpoint, each when its section is enabled."""
+        cfg = self.config
+        if cfg.ari.enabled:
+            self.rtp = RtpReceiver(cfg.rtp.stream_timeout_s, cfg.rtp.jitter_depth)
+            await self.rtp.start(cfg.rtp.host, cfg.rtp.port)
+            cues = CueTracker(cfg.cues, cfg.pipeline.vad_energy_dbfs, self.bus) if cfg.cues.enabled else None
+            if cues is not None:
+                self.bus.add_sink(cues.sink)
+            self.ari = AriController(cfg.ari, cfg.rtp, self.calls, self.rtp, cues)
+            await self.ari.start()
+        if cfg.sip.enabled:
+            self.sip = SipEndpoint(cfg.sip, self.calls, cfg.rtp.jitter_depth)
+            await self.sip.start()
+
+    async def _stop_telephony(self) -> None:
+        for component in (self.sip, self.ari, self.rtp):
+            if component is not None:
+                await component.stop()
+
+    def _start_escalation_outputs(self) -> None:
+        """Call history, agent notifier, webhook and the ARI escalation hook, all fed as bus sinks."""
+        cfg = self.config
+        if cfg.history.enabled:
+            self.history = CallHistory(cfg.history.path, cfg.history.retention_days)
+            self.bus.add_sink(self.history.sink)
+            self._tasks.append(asyncio.create_task(self.history.run(), name="call-history"))
+        if cfg.notifier.enabled:
+            self.notifier = AgentNotifier(cfg.notifier, self.api_token)
+            self.bus.add_sink(self.notifier.sink)
+        if cfg.webhook.url:
+            self.webhook = WebhookSender(cfg.webhook)
+            self.bus.add_sink(self.webhook.sink)
+            self._tasks.append(asyncio.create_task(self.webhook.run(), name="webhook"))
+        self.bus.add_sink(self._escalation_hook)
+
+    def _escalation_hook(self, event: Event) -> None:
+        """Hand escalation events to the ARI controller's ``on_escalation`` (channel variables), if any."""
+        hook = getattr(getattr(self, "ari", None), "on_escalation", None)
+        if hook is not None and event["type"].startswith("escalation."):
+            hook(event)
+
+    async def _start_api(self) -> None:
+        cfg = self.config.api
+        self._runner = web.AppRunner(build_app(self), access_log=None)
+        await self._runner.setup()
+        ssl_ctx = None
+        if cfg.tls_cert:
+            import ssl
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_ctx)
+        await site.start()
+        host, port = site._server.sockets[0].getsockname()[:2]
+        self.api_address = f"{host}:{port}"
+        log.info("api listening on %s://%s", "https" if ssl_ctx else "http", self.api_address)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "legs": len(self.calls.legs), "model": self.model_info,
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "device": str(getattr(self.classifier, "device", "cpu")),
+                "cpu_load": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+
+    async def stop(self) -> None:
+        """Stop accepting calls, end live legs (scoring what is buffered), close everything."""
+        await self.audiosocket.stop_accepting()
+        await self.audiosocket.close_all()
+        await self._stop_telephony()
+        await self.calls.end_all("shutdown")
+        await self.engine.stop()
+        if self.history is not None:
+            await self.history.drain()
+        if self.webhook is not None:  # the last call.ended / escalation.cleared reach the PBX too
+            await self.webhook.drain(self.config.webhook.timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.history is not None:
+            self.history.close()
+        if self.notifier is not None:
+            await self.notifier.close()
+        if self._runner:
+            await self._runner.cleanup()
+        self.event_log.close()
+        log.info("emovoice daemon stopped")
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (see lifecycle.serve); exits with a message when it cannot start."""
+        try:
+            await lifecycle.serve(self)
+        except lifecycle.StartupError as exc:
+            raise SystemExit(f"emovoice-daemon: cannot start: {exc}") from None

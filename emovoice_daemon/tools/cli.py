@@ -1,0 +1,125 @@
+"""`emovoice-daemon` command line: run, check-config, simulate, demo, score."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from emovoice_daemon.config import ConfigError, load_config
+
+
+def _load_or_exit(path: str | None):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"configuration invalid: {len(exc.errors)} problem(s); not starting", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from emovoice_daemon.service.daemon import Daemon
+
+    config = _load_or_exit(args.config)
+    asyncio.run(Daemon(config).run())  # start failures exit 1 with one "cannot start" line (lifecycle)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    _load_or_exit(args.file)
+    print(f"{args.file}: OK")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from emovoice_daemon.tools.simulate import simulate
+
+    results = asyncio.run(simulate(args.host, args.port, [Path(w) for w in args.wav], args.calls, args.speed))
+    failed = [r for r in results if r.error]
+    for r in results:
+        print(f"{r.call_id}  frames={r.frames_sent}  {'ERROR ' + r.error if r.error else 'ok'}")
+    return 1 if failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from emovoice_daemon.tools.demo import run_demo
+
+    config = _load_or_exit(args.config)
+    wavs = [Path(w) for w in args.wavs] or sorted((Path(__file__).parent / "samples").glob("*.wav"))
+    asyncio.run(run_demo(config, wavs, args.calls, args.duration, bundled=not args.wavs))
+    return 0
+
+
+def _roles(text: str) -> tuple[str, ...]:
+    roles = tuple(r.strip() for r in text.split(","))
+    if len(roles) != 2 or set(roles) != {"customer", "agent"}:
+        raise argparse.ArgumentTypeError(f"expected customer,agent or agent,customer, got {text!r}")
+    return roles
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from emovoice_daemon.scoring.models.loader import ModelError, load_classifier
+    from emovoice_daemon.tools.batch import BatchError, score_files
+
+    config = _load_or_exit(args.config)
+    try:
+        classifier = load_classifier(config.model)
+        summary = asyncio.run(score_files([Path(p) for p in args.inputs], Path(args.out), config, classifier,
+                                          args.channels, args.jobs))
+    except (BatchError, ModelError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{summary['files']} calls ({summary['failed']} failed), {summary['audio_hours']} h of audio in "
+          f"{summary['wall_s']} s: {summary['throughput_audio_h_per_wall_h']} audio hours per wall-clock hour; "
+          f"reports in {args.out}")
+    return 1 if summary["failed"] else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emovoice-daemon", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the daemon (the default)")
+    run.add_argument("-c", "--config", help="YAML config (default: built-in defaults)")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    sim = sub.add_parser("simulate", help="play WAV files as real-time AudioSocket calls")
+    sim.add_argument("wav", nargs="+")
+    sim.add_argument("--calls", type=int, default=1)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9093)
+    sim.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")
+    sim.set_defaults(func=cmd_simulate)
+    demo = sub.add_parser("demo", help="run the daemon and stream sample calls into it")
+    demo.add_argument("wavs", nargs="*", help="recordings to loop as calls (default: the bundled espeak-ng samples)")
+    demo.add_argument("-c", "--config")
+    demo.add_argument("--calls", type=int, default=2, help="concurrent sample calls")
+    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = Ctrl-C)")
+    demo.set_defaults(func=cmd_demo)
+    score = sub.add_parser("score", help="batch QA: score recorded calls (WAV files or directories)")
+    score.add_argument("inputs", nargs="+", help="WAV files and/or directories (searched recursively)")
+    score.add_argument("-o", "--out", default="emovoice-qa", help="output directory (default: emovoice-qa)")
+    score.add_argument("-c", "--config", help="YAML config (model, pipeline, escalation)")
+    score.add_argument("--channels", type=_roles, default=("customer", "agent"),
+                       help="roles of a stereo file's channels, left first (default: customer,agent)")
+    score.add_argument("--jobs", type=int, default=8, help="files scored concurrently (default: 8)")
+    score.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        args = build_parser().parse_args(["run", *(argv or sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""``emovoice-top``: a supervisor's live terminal view of every call (htop-like, built with rich).
+
+One row per call (both legs of a separated call on the same row): call id, agent, caller,
+duration, current class and probability per leg, a sparkline of NEGATIVE over the last
+minute, escalation state (alerts highlighted). The header shows daemon health (legs,
+scoring lag, device, CPU load). Keys: ``n`` NEGATIVE, ``d`` duration, ``s`` state,
+``c`` call id (sort), ``q`` quit. Reconnects with back-off when the daemon restarts.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import termios
+import time
+import tty
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import aiohttp
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from emovoice_daemon.config import read_secret
+
+SPARK = "▁▂▃▄▅▆▇█"
+SPARK_S = 60.0
+SPARK_WIDTH = 30
+ENDED_VISIBLE_S = 5.0
+LAG_WINDOW = 50
+SEVERITY_RANK = {"": 0, "watch": 1, "alert": 2}
+SORTS = {"n": "NEGATIVE", "d": "duration", "s": "state", "c": "call id"}
+
+
+@dataclass
+class LegView:
+    """The latest state of one leg."""
+
+    role: str
+    label: str = "-"
+    prob: float = 0.0
+    smoothed: float = 0.0
+    severity: str = ""
+    negatives: deque[tuple[float, float]] = field(default_factory=deque)  # (leg seconds, NEGATIVE)
+
+
+@dataclass
+class CallView:
+    """One row: a call and its legs."""
+
+    call_id: str
+    started: float
+    meta: dict[str, Any] = field(default_factory=dict)
+    legs: dict[str, LegView] = field(default_factory=dict)
+    ended: float | None = None
+
+    def leg(self, role: str) -> LegView:
+        return self.legs.setdefault(role, LegView(role))
+
+    @property
+    def severity(self) -> str:
+        return max((leg.severity for leg in self.legs.values()), key=SEVERITY_RANK.__getitem__, default="")
+
+    @property
+    def negative(self) -> float:
+        return max((leg.smoothed for leg in self.legs.values()), default=0.0)
+
+
+class TopState:
+    """Live calls and daemon health, updated from events and /health."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, CallView] = {}
+        self.health: dict[str, Any] = {}
+        self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
+        self.connected = False
+        self.status = "connecting..."
+        self.sort = "s"
+
+    def seed(self, calls: list[dict[str, Any]]) -> None:
+        """Live calls from ``GET /calls?live=1`` (their meta and start time), after a (re)connect."""
+        self.calls = {}
+        for call in calls:
+            view = CallView(call["call_id"], call["started"], dict(call.get("meta", {})))
+            for leg in call.get("legs", []):
+                view.leg(leg["role"])
+            self.calls[view.call_id] = view
+
+    def apply(self, event: dict[str, Any]) -> None:
+        call = self.calls.get(event["call_id"])
+        if call is None:
+            call = self.calls[event["call_id"]] = CallView(event["call_id"], event["ts"])
+        kind, leg = event["type"], call.leg(event["role"])
+        if kind == "call.started":
+            call.meta.update(event.get("meta", {}))
+            call.started = min(call.started, event["ts"])
+            call.ended = None
+        elif kind == "score":
+            leg.label, leg.prob = event["label"], event["probs"][event["label"]]
+            leg.smoothed = event["negative_smoothed"]
+            leg.negatives.append((event["window"]["end"], event["probs"]["NEGATIVE"]))
+            while leg.negatives[0][0] < event["window"]["end"] - SPARK_S:
+                leg.negatives.popleft()
+            self.lags.append(event["lag_ms"])
+        elif kind == "escalation.raised":
+            leg.severity = event["severity"]
+        elif kind == "escalation.cleared":
+            leg.severity = ""
+        elif kind == "call.ended":
+            leg.severity = ""
+            leg.label = "ended"
+            if all(v.label == "ended" for v in call.legs.values()):
+                call.ended = event["ts"]
+
+    def expire(self, now: float) -> None:
+        """Drop calls that ended more than ENDED_VISIBLE_S ago."""
+        for call_id in [c.call_id for c in self.calls.values() if c.ended and now - c.ended > ENDED_VISIBLE_S]:
+            del self.calls[call_id]
+
+    def rows(self) -> list[CallView]:
+        keys = {"n": lambda c: -c.negative, "d": lambda c: c.started, "c": lambda c: c.call_id,
+                "s": lambda c: (-SEVERITY_RANK[c.severity], -c.negative)}
+        return sorted(self.calls.values(), key=keys[self.sort])
+
+
+def sparkline(points: deque[tuple[float, float]] | list[tuple[float, float]], width: int = SPARK_WIDTH) -> str:
+    """NEGATIVE over the last minute, one block per SPARK_S / width seconds (max per bucket)."""
+    if not points:
+        return ""
+    end = points[-1][0]
+    buckets: list[float | None] = [None] * width
+    for t, v in points:
+        i = min(width - 1, int((t - (end - SPARK_S)) / SPARK_S * width))
+        if i >= 0:
+            buckets[i] = max(v, buckets[i] or 0.0)
+    return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, int(v * len(SPARK)))] for v in buckets)
+
+
+ROLE_TAGS = {"customer": "cust", "agent": "agent", "mixed": ""}
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(max(seconds, 0)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def _tagged(role: str, text: str) -> str:
+    """A leg's cell line, prefixed with its role when the call is separated (a mixed leg needs no tag)."""
+    tag = ROLE_TAGS.get(role, role[:5])
+    return f"{tag:<5} {text}" if tag else text
+
+
+def render(state: TopState, now: float) -> Group:
+    """The whole screen: header, table of calls, key help."""
+    h = state.health
+    lag = sorted(state.lags)[len(state.lags) // 2] if state.lags else 0.0
+    live_mark = Text("● connected", style="green") if state.connected else Text(f"● {state.status}", style="red")
+    header = Text.assemble(
+        ("emovoice-top  ", "bold"), live_mark,
+        f"   legs {h.get('legs', '-')}   calls {sum(1 for c in state.calls.values() if not c.ended)}"
+        f"   lag p50 {lag:.0f} ms   device {h.get('device', '-')}"
+        f"   load {h.get('cpu_load', '-')}/{h.get('cpus', '-')} CPU   model {h.get('model', {}).get('name', '-')}")
+    table = Table(expand=True, header_style="bold", pad_edge=False)
+    for name, width in (("call", 8), ("agent", 5), ("caller", 6), ("time", 5), ("class", 17),
+                        ("NEGATIVE (last 60 s)", SPARK_WIDTH + 5), ("state", 5)):
+        table.add_column(name, no_wrap=True, min_width=width)
+    for call in state.rows():
+        legs = sorted(call.legs.values(), key=lambda leg: leg.role)
+        end = call.ended or now
+        style = {"alert": "bold white on red", "watch": "black on yellow"}.get(call.severity, "")
+        table.add_row(
+            call.call_id[:8], str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
+            _duration(end - call.started),
+            "\n".join(_tagged(leg.role, f"{leg.label} {leg.prob:.2f}") for leg in legs),
+            "\n".join(_tagged(leg.role, sparkline(leg.negatives)) for leg in legs),
+            "ended" if call.ended else (call.severity.upper() or "ok"),
+            style="dim" if call.ended else style)
+    keys = "  ".join(f"[{k}] {v}{' ◀' if k == state.sort else ''}" for k, v in SORTS.items())
+    return Group(header, table, Text(f"sort: {keys}   [q] quit", style="dim"))
+
+
+class TopClient:
+    """Keeps the state in sync with one daemon: events WebSocket, /health polling, reconnects."""
+
+    def __init__(self, url: str, token: str, state: TopState) -> None:
+        self.url, self.state = url.rstrip("/"), state
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def run(self) -> None:
+        backoff = 0.5
+        async with aiohttp.ClientSession(headers=self.headers, timeout=aiohttp.ClientTimeout(sock_read=None)) as s:
+            while True:
+                try:
+                    await self._session(s)
+                    backoff = 0.5
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+                    self.state.status = f"daemon unreachable ({type(exc).__name__}); retrying in {backoff:.1f}s"
+                self.state.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _session(self, s: aiohttp.ClientSession) -> None:
+        async with s.ws_connect(f"{self.url}/events", heartbeat=10) as ws:
+            self.state.health = await self._get(s, "/health") or {}
+            self.state.seed((await self._get(s, "/calls?live=1") or {}).get("calls", []))
+            self.state.connected = True
+            poller = asyncio.create_task(self._poll_health(s))
+            try:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        self.state.apply(json.loads(msg.data))
+            finally:
+                poller.cancel()
+        self.state.status = "daemon closed the connection; reconnecting"
+
+    async def _get(self, s: aiohttp.ClientSession, path: str) -> dict[str, Any] | None:
+        async with s.get(self.url + path) as resp:
+            if resp.status == 401:
+                raise ValueError("the daemon rejected the token (401)")
+            return await resp.json() if resp.status == 200 else None
+
+    async def _poll_health(self, s: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            self.state.health = await self._get(s, "/health") or self.state.health
+
+
+@contextlib.contextmanager
+def cbreak() -> Iterator[bool]:
+    """Single-key input when stdin is a terminal; yields whether keys can be read."""
+    if not sys.stdin.isatty():
+        yield False
+        return
+    saved = termios.tcgetattr(sys.stdin)
+    tty.setcbreak(sys.stdin)
+    try:
+        yield True
+    finally:
+        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
+
+
+async def top(url: str, token: str, refresh_s: float) -> None:
+    state = TopState()
+    quit_ = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_key() -> None:
+        key = os.read(sys.stdin.fileno(), 32).decode(errors="ignore")[-1:].lower()
+        if key == "q":
+            quit_.set()
+        elif key in SORTS:
+            state.sort = key
+
+    client = asyncio.create_task(TopClient(url, token, state).run())
+    with cbreak() as keys, Live(render(state, time.time()), console=Console(), screen=True,
+                                auto_refresh=False) as live:
+        if keys:
+            loop.add_reader(sys.stdin.fileno(), on_key)
+        while not quit_.is_set():
+            state.expire(time.time())
+            live.update(render(state, time.time()), refresh=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(quit_.wait(), refresh_s)
+        if keys:
+            loop.remove_reader(sys.stdin.fileno())
+    client.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emovoice-top", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8765", help="daemon API base URL")
+    parser.add_argument("--token", default="", help="API token (or --token-file / $EMOVOICE_API_TOKEN)")
+    parser.add_argument("--token-file", default="")
+    parser.add_argument("--refresh", type=float, default=0.5, help="screen refresh interval, seconds")
+    args = parser.parse_args(argv)
+    token = args.token or read_secret("", args.token_file, "EMOVOICE_API_TOKEN")
+    if not token:
+        parser.error("an API token is needed: --token, --token-file or $EMOVOICE_API_TOKEN")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(top(args.url, token, args.refresh))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

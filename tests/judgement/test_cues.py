@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emovoice_daemon.config import CuesConfig
+from emovoice_daemon.judgement.cues import TALK_OVER_REASON, CueTracker
+from emovoice_daemon.outputs.events import EventBus
+
+RATE = 8000
+
+
+def tone(seconds: float, dbfs: float = -20.0, hz: float = 200.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    amp = 32768 * 10 ** (dbfs / 20) * np.sqrt(2)
+    return (amp * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.int16)
+
+
+@pytest.fixture
+def rig() -> tuple[CueTracker, list[dict]]:
+    bus, events = EventBus(), []
+    bus.add_sink(events.append)
+    return CueTracker(CuesConfig(talk_over_min_s=1.0, long_silence_s=5.0), -45.0, bus), events
+
+
+def _feed(cues, role: str, pcm: np.ndarray, chunk: int = 333) -> None:
+    for i in range(0, len(pcm), chunk):  # odd chunk sizes: frames straddle chunks
+        cues.feed(role, pcm[i:i + chunk])
+
+
+def test_agent_talking_over_an_upset_customer_is_escalated_and_cleared(rig) -> None:
+    tracker, events = rig
+    cues = tracker.open("c1")
+    tracker.sink({"type": "score", "call_id": "c1", "role": "customer", "negative_smoothed": 0.8})
+    _feed(cues, "customer", np.concatenate([tone(3.0), silence(1.0)]))
+    _feed(cues, "agent", np.concatenate([silence(1.5), tone(1.5, -14.0), silence(1.0)]))
+    raised = [e for e in events if e["type"] == "escalation.raised"]
+    cleared = [e for e in events if e["type"] == "escalation.cleared"]
+    assert len(raised) == 1 and raised[0]["role"] == "agent" and raised[0]["reason"] == TALK_OVER_REASON
+    assert raised[0]["at"] == pytest.approx(2.5, abs=0.05) and raised[0]["negative_smoothed"] == 0.8
+    assert len(cleared) == 1 and cleared[0]["duration_s"] == pytest.approx(0.5, abs=0.05)
+    summary = tracker.close("c1")
+    assert summary["talk_overs"] == 1 and summary["talk_over_s"] == pytest.approx(1.5, abs=0.05)
+    assert summary["agent_minus_customer_db"] == pytest.approx(6.0, abs=0.3)
+
+
+def test_no_escalation_for_a_calm_customer_or_when_the_customer_interrupts(rig) -> None:
+    tracker, events = rig
+    calm = tracker.open("calm")
+    calm.customer_negative = 0.2
+    _feed(calm, "customer", tone(3.0))
+    _feed(calm, "agent", np.concatenate([silence(1.0), tone(2.0)]))
+    upset = tracker.open("interrupting-customer")
+    upset.customer_negative = 0.9
+    _feed(upset, "agent", tone(3.0))
+    _feed(upset, "customer", np.concatenate([silence(1.0), tone(2.0)]))
+    assert not [e for e in events if e["type"].startswith("escalation.")]
+    assert calm.talk_overs == 1 and upset.talk_overs == 1
+
+
+def test_long_silence_pace_and_short_overlaps(rig) -> None:
+    tracker, _ = rig
+    cues = tracker.open("c2")
+    segment = np.concatenate([tone(0.5), silence(0.5)])
+    _feed(cues, "customer", np.concatenate([np.tile(segment, 3), silence(6.0)]))  # 3 segments in 9 s
+    _feed(cues, "agent", np.concatenate([silence(0.2), tone(0.5), silence(8.3)]))  # overlaps 0.3 s: not a talk-over
+    summary = tracker.close("c2")
+    assert summary["long_silences"] == 1
+    assert summary["talk_overs"] == 0 and summary["talk_over_s"] == pytest.approx(0.3, abs=0.05)
+    assert summary["pace_per_min"] == {"customer": pytest.approx(20.0, abs=0.5), "agent": pytest.approx(6.7, abs=0.2)}
+
+
+def test_tracker_ignores_other_calls_and_closing_twice(rig) -> None:
+    tracker, _ = rig
+    cues = tracker.open("c3")
+    tracker.sink({"type": "score", "call_id": "other", "role": "customer", "negative_smoothed": 0.9})
+    tracker.sink({"type": "score", "call_id": "c3", "role": "agent", "negative_smoothed": 0.9})
+    assert cues.customer_negative == 0.0
+    assert tracker.close("c3") is not None and tracker.close("c3") is None

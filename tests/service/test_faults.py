@@ -1,0 +1,132 @@
+"""Faults under load: abrupt disconnects, slow-loris, malformed and oversize frames and a peer that never reads
+cost the healthy calls no event, every leg ends, and the daemon's memory returns to where it was."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.loadgen import (
+    MALFORMED,
+    abrupt,
+    healthy,
+    malformed,
+    never_reads,
+    rss_bytes,
+    slow_loris,
+    unit_environment,
+    voiced_audio,
+    windows_due,
+)
+from emovoice_daemon.calls import Leg
+from emovoice_daemon.ingest.audiosocket import Connection
+from emovoice_daemon.scoring import engine
+from emovoice_daemon.scoring.resample import StreamResampler
+from emovoice_daemon.service.daemon import Daemon
+from tests.conftest import DaemonProcess, start_daemon, stop_daemon
+
+IDLE_TIMEOUT_S = 2.0
+
+
+def live_legs(daemon: DaemonProcess) -> int:
+    import json
+
+    return json.loads(daemon.get("/health")[1])["legs"]
+
+
+async def wait_no_legs(daemon: DaemonProcess, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(live_legs, daemon):
+        assert time.monotonic() < deadline, "legs still live"
+        await asyncio.sleep(0.2)
+
+
+async def test_faults_cost_healthy_calls_no_event(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path, {"audiosocket": {"idle_timeout_s": IDLE_TIMEOUT_S}, "engine": {"max_lag_s": 30.0}})
+    try:
+        host, port = "127.0.0.1", daemon.audiosocket_port
+        limit = IDLE_TIMEOUT_S + 4
+        results = await asyncio.gather(
+            *(healthy(host, port, voiced_audio(5, seed=i), speed=2.0) for i in range(4)),
+            abrupt(host, port, voiced_audio(5, seed=9), after_s=1.0),
+            slow_loris(host, port, limit), never_reads(host, port, voiced_audio(2), limit),
+            *(malformed(host, port, variant) for variant in MALFORMED))
+        await wait_no_legs(daemon)
+        events = daemon.events()
+        by_call = {r.call_id: [e for e in events if e["call_id"] == r.call_id] for r in results}
+        for r in results:
+            if r.kind == "healthy":
+                assert r.error == ""
+                types = Counter(e["type"] for e in by_call[r.call_id] if not e["type"].startswith("escalation."))
+                assert types == {"call.started": 1, "score": windows_due(r.samples), "call.ended": 1}, r
+                assert by_call[r.call_id][-1]["reason"] == "eof"
+            elif r.kind == "abrupt":
+                assert by_call[r.call_id][-1]["reason"] == "eof"
+            elif r.kind in ("slow_loris", "never_reads"):
+                assert r.closed_after_s is not None and r.closed_after_s < IDLE_TIMEOUT_S + 1.5, r
+                assert by_call[r.call_id][-1]["reason"] == "idle_timeout", r
+            else:
+                assert r.closed_after_s is not None and r.closed_after_s < 1.0, r
+                assert all(e["type"] != "call.started" for e in by_call[r.call_id]) or r.kind == "second_uuid"
+        assert daemon.proc.poll() is None and daemon.get("/health")[0] == 200
+    finally:
+        stop_daemon(daemon)
+
+
+def live_objects() -> Counter[str]:
+    """Instances of the per-call classes still reachable, and the asyncio tasks, by type name."""
+    gc.collect()
+    per_call = (Leg, Connection, StreamResampler, engine._Leg, engine._Window)
+    counts = Counter(type(o).__name__ for o in gc.get_objects() if isinstance(o, per_call))
+    counts["tasks"] = len(asyncio.all_tasks())
+    return counts
+
+
+async def test_nothing_per_call_is_left_behind(running: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pytest keeps every log record, and a record's args (the exception) pin the connection's frames
+    monkeypatch.setattr(logging.getLogger("emovoice_daemon"), "propagate", False)
+    port = int(running.audiosocket.address.rsplit(":", 1)[1])
+
+    async def round_of_calls() -> None:
+        results = await asyncio.gather(*(healthy("127.0.0.1", port, voiced_audio(4, seed=i), speed=4.0)
+                                         for i in range(6)),
+                                       abrupt("127.0.0.1", port, voiced_audio(4), after_s=1.0),
+                                       malformed("127.0.0.1", port, "oversize"))
+        assert [r.error for r in results] == [""] * len(results)
+        while running.calls.legs:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # connection tasks finish after their leg
+
+    await round_of_calls()
+    before = live_objects()
+    await round_of_calls()
+    await round_of_calls()
+    assert live_objects() == before
+    assert running.engine.live_legs == 0 and not running.calls.legs
+    assert running.notifier is None or not running.notifier.calls
+
+
+async def test_rss_returns_to_baseline_after_calls(tmp_path: Path) -> None:
+    """With the systemd unit's environment (allocator arenas, oneDNN cache) RSS settles after the calls."""
+    daemon = start_daemon(tmp_path, {"engine": {"max_lag_s": 30.0}}, env=unit_environment())
+    try:
+        async def round_of_calls() -> None:
+            results = await asyncio.gather(*(healthy("127.0.0.1", daemon.audiosocket_port,
+                                                     voiced_audio(4, seed=i), speed=4.0) for i in range(6)))
+            assert not any(r.error for r in results)
+            await wait_no_legs(daemon)
+
+        for _ in range(2):  # warm-up: lazy imports, allocator arenas, batch shapes
+            await round_of_calls()
+        baseline = rss_bytes(daemon.proc.pid)
+        for _ in range(4):
+            await round_of_calls()
+        grown = rss_bytes(daemon.proc.pid) - baseline
+        assert grown < 16 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over 24 calls"
+    finally:
+        stop_daemon(daemon)

@@ -1,0 +1,81 @@
+"""emovoice-top's state and rendering, from scripted events."""
+from __future__ import annotations
+
+from rich.console import Console
+
+from emovoice_daemon.outputs.events import EventBus
+from emovoice_daemon.tools.top import SPARK, TopState, render, sparkline
+
+
+def score(bus: EventBus, call_id: str, role: str, end: float, neg: float, smoothed: float) -> dict:
+    probs = {"NEGATIVE": neg, "NEUTRAL": 1 - neg, "POSITIVE": 0.0}
+    return bus.make_event("score", call_id, role, window={"start": end - 3, "end": end}, probs=probs,
+                          label=max(probs, key=probs.get), negative_smoothed=smoothed, lag_ms=20.0, model={})
+
+
+def screen(state: TopState, now: float) -> str:
+    console = Console(width=160, record=True, color_system=None)
+    console.print(render(state, now))
+    return console.export_text()
+
+
+def test_two_legs_of_a_separated_call_share_one_row() -> None:
+    bus, state = EventBus(), TopState()
+    for role in ("customer", "agent"):
+        state.apply(bus.make_event("call.started", "call-ari-1", role, source="ari",
+                                   meta={"agent": "1001", "caller": "+4930123"}, model={}))
+    state.apply(score(bus, "call-ari-1", "customer", 10.0, 0.9, 0.8))
+    state.apply(score(bus, "call-ari-1", "agent", 10.0, 0.1, 0.1))
+    state.apply(bus.make_event("escalation.raised", "call-ari-1", "customer", severity="alert", reason="r",
+                               at=10.0, negative_smoothed=0.8))
+    assert list(state.calls) == ["call-ari-1"]
+    text = screen(state, state.calls["call-ari-1"].started + 75)
+    assert text.count("call-ari") == 1
+    assert "cust  NEGATIVE 0.90" in text and "agent NEUTRAL 0.90" in text
+    assert "ALERT" in text and "1001" in text and "+4930123" in text and "1:15" in text
+
+
+def test_sort_keys_order_rows() -> None:
+    bus, state = EventBus(), TopState()
+    for i, (call_id, neg) in enumerate([("calm", 0.1), ("upset", 0.9), ("middle", 0.5)]):
+        started = bus.make_event("call.started", call_id, "mixed", source="audiosocket", meta={}, model={})
+        started["ts"] = 1000.0 + i
+        state.apply(started)
+        state.apply(score(bus, call_id, "mixed", 5.0, neg, neg))
+    state.apply(bus.make_event("escalation.raised", "middle", "mixed", severity="watch", reason="r", at=5,
+                               negative_smoothed=0.5))
+    text = screen(state, 1010.0)
+    assert "│ NEGATIVE 0.90" in text and "mix" not in text  # a mixed leg's cell carries no role tag
+    order = {}
+    for key in ("n", "d", "c", "s"):
+        state.sort = key
+        order[key] = [c.call_id for c in state.rows()]
+    assert order == {"n": ["upset", "middle", "calm"], "d": ["calm", "upset", "middle"],
+                     "c": ["calm", "middle", "upset"], "s": ["middle", "upset", "calm"]}
+
+
+def test_ended_calls_linger_then_disappear() -> None:
+    bus, state = EventBus(), TopState()
+    state.apply(bus.make_event("call.started", "c1", "mixed", source="audiosocket", meta={}, model={}))
+    ended = bus.make_event("call.ended", "c1", "mixed", reason="eof", summary={})
+    state.apply(ended)
+    state.expire(ended["ts"] + 1)
+    assert "ended" in screen(state, ended["ts"] + 1)
+    state.expire(ended["ts"] + 10)
+    assert state.calls == {}
+
+
+def test_seed_from_history_restores_live_calls_after_reconnect() -> None:
+    state = TopState()
+    state.seed([{"call_id": "c9", "started": 50.0, "meta": {"agent": "2002"}, "legs": [{"role": "customer"},
+                                                                                      {"role": "agent"}]}])
+    assert set(state.calls["c9"].legs) == {"customer", "agent"} and state.calls["c9"].meta["agent"] == "2002"
+
+
+def test_sparkline_covers_the_last_minute_with_bucket_maxima() -> None:
+    points = [(float(t), 0.0) for t in range(1, 121)]
+    points[100] = (101.0, 1.0)
+    line = sparkline(points, width=30)
+    assert len(line) == 30 and line.count(SPARK[-1]) == 1 and set(line) == {SPARK[0], SPARK[-1]}
+    assert sparkline([]) == ""
+    assert sparkline([(5.0, 0.5)], width=10) == " " * 9 + SPARK[4]

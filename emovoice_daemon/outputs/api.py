@@ -9,20 +9,31 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import TYPE_CHECKING, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from emovoice_daemon.outputs import history, metrics, notifier
 from emovoice_daemon.outputs.events import EventBus
 
-if TYPE_CHECKING:
-    from emovoice_daemon.service.daemon import Daemon
-
 log = logging.getLogger(__name__)
 
-DAEMON_KEY: web.AppKey["Daemon"] = web.AppKey("daemon")
+
+
+@dataclass
+class ApiContext:
+    """What the API serves: the token, the event bus, the health report and the optional routes' owners."""
+    token: str
+    metrics_public: bool
+    bus: EventBus
+    health: Callable[[], dict[str, Any]]
+    history: history.CallHistory | None = None
+    notifier: notifier.AgentNotifier | None = None
+
+
+CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("context")
 SOCKETS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
 WS_CLOSE_TIMEOUT_S = 2.0  # how long a closing client may take to answer the close frame
 PUBLIC_PATHS = {"/health", *notifier.PUBLIC_PATHS}  # the agent page and socket check agent tokens
@@ -43,16 +54,16 @@ def token_ok(request: web.Request, token: str) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    daemon = request.app[DAEMON_KEY]
-    public = request.path in PUBLIC_PATHS or (request.path == "/metrics" and daemon.config.api.metrics_public)
-    if not public and not token_ok(request, daemon.api_token):
+    ctx = request.app[CONTEXT_KEY]
+    public = request.path in PUBLIC_PATHS or (request.path == "/metrics" and ctx.metrics_public)
+    if not public and not token_ok(request, ctx.token):
         return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                  headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response(request.app[DAEMON_KEY].health())
+    return web.json_response(request.app[CONTEXT_KEY].health())
 
 
 async def metrics_text(request: web.Request) -> web.Response:
@@ -66,7 +77,7 @@ async def events_ws(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     sockets = request.app[SOCKETS_KEY]
     sockets.add(ws)
-    forward = asyncio.create_task(_forward(request.app[DAEMON_KEY].bus, ws, request.query.get("call_id")))
+    forward = asyncio.create_task(_forward(request.app[CONTEXT_KEY].bus, ws, request.query.get("call_id")))
     try:
         async for _ in ws:  # clients send nothing; reading is how a close is noticed
             pass
@@ -89,16 +100,16 @@ async def close_websockets(app: web.Application) -> None:
                            for ws in set(app[SOCKETS_KEY])))
 
 
-def build_app(daemon: "Daemon") -> web.Application:
+def build_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[auth_middleware])
-    app[DAEMON_KEY] = daemon
+    app[CONTEXT_KEY] = ctx
     app[SOCKETS_KEY] = set()
     app.on_shutdown.append(close_websockets)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/events", events_ws)
-    if daemon.history is not None:
-        history.add_routes(app, daemon.history)
-    if daemon.notifier is not None:
-        notifier.add_routes(app, daemon.notifier)
+    if ctx.history is not None:
+        history.add_routes(app, ctx.history)
+    if ctx.notifier is not None:
+        notifier.add_routes(app, ctx.notifier)
     return app

@@ -18,7 +18,7 @@ from emovoice_daemon.ingest.rtp import RtpReceiver
 from emovoice_daemon.ingest.sip import SipEndpoint
 from emovoice_daemon.judgement.cues import CueTracker
 from emovoice_daemon.judgement.policy import policy_factory
-from emovoice_daemon.outputs.api import build_app
+from emovoice_daemon.outputs.api import ApiContext, build_app
 from emovoice_daemon.outputs.eventlog import EventLog
 from emovoice_daemon.outputs.events import Event, EventBus
 from emovoice_daemon.outputs.history import CallHistory
@@ -27,7 +27,6 @@ from emovoice_daemon.outputs.webhook import WebhookSender
 from emovoice_daemon.scoring.engine import ScoringEngine
 from emovoice_daemon.scoring.models.loader import Classifier, load_classifier
 from emovoice_daemon.scoring.recorder import RecordingEngine
-from emovoice_daemon.service import lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,8 @@ class Daemon:
 
     async def _start_api(self) -> None:
         cfg = self.config.api
-        self._runner = web.AppRunner(build_app(self), access_log=None)
+        context = ApiContext(self.api_token, cfg.metrics_public, self.bus, self.health, self.history, self.notifier)
+        self._runner = web.AppRunner(build_app(context), access_log=None)
         await self._runner.setup()
         ssl_ctx = None
         if cfg.tls_cert:
@@ -163,10 +163,3 @@ class Daemon:
             await self._runner.cleanup()
         self.event_log.close()
         log.info("emovoice daemon stopped")
-
-    async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT (see lifecycle.serve); exits with a message when it cannot start."""
-        try:
-            await lifecycle.serve(self)
-        except lifecycle.StartupError as exc:
-            raise SystemExit(f"emovoice-daemon: cannot start: {exc}") from None

@@ -1,6 +1,6 @@
 """Process lifecycle: fail-fast start, systemd readiness and watchdog, SIGHUP reload, SIGTERM drain.
 
-``serve(daemon)`` is what ``emovoice-daemon run`` executes. SIGHUP re-reads the config file
+``run(daemon)`` is what ``emovoice-daemon run`` executes. SIGHUP re-reads the config file
 and applies the ``escalation`` and ``notifier`` sections to new and live calls alike (other
 sections need a restart, which is logged); an invalid file is reported and the running
 settings are kept. SIGTERM/SIGINT stop accepting calls, score what is buffered, publish
@@ -15,17 +15,14 @@ import logging
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING
 
 from emovoice_daemon.config import Config, ConfigError, load_config
 from emovoice_daemon.judgement.policy import policy_factory, profile_for
 from emovoice_daemon.outputs.eventlog import EventLogError
 from emovoice_daemon.outputs.notifier import load_agent_tokens
 from emovoice_daemon.scoring.models.loader import ModelError
+from emovoice_daemon.service.daemon import Daemon
 from emovoice_daemon.service.sdnotify import Notifier
-
-if TYPE_CHECKING:
-    from emovoice_daemon.service.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +62,11 @@ def check_ports_free(config: Config) -> None:
                                       else "")) from None
 
 
-def status_line(daemon: "Daemon") -> str:
+def status_line(daemon: Daemon) -> str:
     return f"serving {len(daemon.calls.legs)} live legs, uptime {time.time() - daemon.started_at:.0f} s"
 
 
-def reload_config(daemon: "Daemon") -> bool:
+def reload_config(daemon: Daemon) -> bool:
     """Apply the config file's escalation and notifier sections; False (and nothing changed) if invalid."""
     try:
         new = load_config(daemon.config.source) if daemon.config.source != "<defaults>" else Config()
@@ -95,7 +92,7 @@ def reload_config(daemon: "Daemon") -> bool:
     return True
 
 
-async def drain(daemon: "Daemon", timeout_s: float) -> bool:
+async def drain(daemon: Daemon, timeout_s: float) -> bool:
     """``daemon.stop()`` within ``timeout_s``; past it, the event log is still fsynced and closed."""
     try:
         await asyncio.wait_for(daemon.stop(), timeout_s)
@@ -117,7 +114,7 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def serve(daemon: "Daemon") -> None:
+async def serve(daemon: Daemon) -> None:
     """Run the daemon until SIGTERM/SIGINT; raises StartupError when it cannot start."""
     notify = Notifier.from_env()
     check_ports_free(daemon.config)
@@ -141,7 +138,15 @@ async def serve(daemon: "Daemon") -> None:
     notify.close()
 
 
-def _reload(daemon: "Daemon", notify: Notifier) -> None:
+def _reload(daemon: Daemon, notify: Notifier) -> None:
     notify.send(RELOADING="1", MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
     reload_config(daemon)
     notify.ready(status_line(daemon))
+
+
+async def run(daemon: Daemon) -> None:
+    """Serve until SIGTERM/SIGINT; exits with one ``cannot start:`` line when it cannot start."""
+    try:
+        await serve(daemon)
+    except StartupError as exc:
+        raise SystemExit(f"emovoice-daemon: cannot start: {exc}") from None

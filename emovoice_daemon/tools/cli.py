@@ -21,10 +21,11 @@ def _load_or_exit(path: str | None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from emovoice_daemon.service import lifecycle
     from emovoice_daemon.service.daemon import Daemon
 
     config = _load_or_exit(args.config)
-    asyncio.run(Daemon(config).run())  # start failures exit 1 with one "cannot start" line (lifecycle)
+    asyncio.run(lifecycle.run(Daemon(config)))  # start failures exit 1 with one "cannot start" line (lifecycle)
     return 0
 
 

@@ -3,7 +3,9 @@
 Both legs are cut into the same 20 ms frames (leg time) and each frame is voiced or not
 (energy and zero-crossing gate of :mod:`.vad`). From the pair of voice-activity tracks:
 
-- **talk-over**: both voiced for ``talk_over_min_s``; when the agent started it while the
+- **talk-over**: both speaking for ``talk_over_min_s``, where a role is still speaking through
+  unvoiced gaps shorter than a segment gap (pauses between words, unvoiced consonants: real
+  overlapping speech is rarely voiced on both sides for a whole second); when the agent started it while the
   customer was speaking and the customer's smoothed NEGATIVE is at least
   ``escalate_talk_over_negative``, it is published as an escalation of the agent leg with
   reason ``agent_talk_over_upset_customer`` (cleared when the overlap ends);
@@ -36,6 +38,7 @@ class _Track:
 
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     voiced: list[bool] = field(default_factory=list)
+    speaking: list[bool] = field(default_factory=list)  # voiced, or in a gap shorter than a segment gap
     levels: list[float] = field(default_factory=list)  # dBFS of voiced frames
     segments: int = 0
     gap: int = SEGMENT_GAP_FRAMES
@@ -58,6 +61,7 @@ class _Track:
             else:
                 self.gap += 1
             self.voiced.append(bool(voiced))
+            self.speaking.append(self.gap < SEGMENT_GAP_FRAMES)
 
 
 class CallCues:
@@ -71,7 +75,8 @@ class CallCues:
         self.talk_overs = 0
         self.long_silences = 0
         self._frame = 0  # frames judged jointly so far
-        self._overlap = 0
+        self._overlap = 0  # frames of the current overlap, gaps included
+        self._overlap_end = 0  # frame after the last one both voiced
         self._silence = 0
         self._raised_at: float | None = None
 
@@ -91,9 +96,11 @@ class CallCues:
             self.long_silences += 1
             metrics.CUE_LONG_SILENCES.inc()
         if both:
-            self._overlap += 1
             self.talk_over_s += FRAME_S
             metrics.CUE_TALK_OVER_SECONDS.inc(FRAME_S)
+            self._overlap_end = k + 1
+        if (both or self._overlap) and cust.speaking[k] and agent.speaking[k]:
+            self._overlap += 1
             if self._overlap == round(self.cfg.talk_over_min_s / FRAME_S):
                 self.talk_overs += 1
                 metrics.CUE_TALK_OVERS.inc()
@@ -101,17 +108,18 @@ class CallCues:
                     self._raise(k)
         elif self._overlap:
             self._overlap = 0
-            self._clear(k)
+            self._clear(self._overlap_end)
 
     def _raise(self, k: int) -> None:
         self._raised_at = k * FRAME_S
         self._publish("escalation.raised", severity="watch", reason=TALK_OVER_REASON, at=round(self._raised_at, 2),
                       negative_smoothed=round(self.customer_negative, 4))
 
-    def _clear(self, k: int) -> None:
+    def _clear(self, end: int) -> None:
+        """Clear a raised talk-over that ended at frame ``end`` (after its last both-voiced frame)."""
         if self._raised_at is None:
             return
-        at = k * FRAME_S
+        at = end * FRAME_S
         self._publish("escalation.cleared", at=round(at, 2), negative_smoothed=round(self.customer_negative, 4),
                       duration_s=round(at - self._raised_at, 2), reason=TALK_OVER_REASON)
         self._raised_at = None
@@ -147,7 +155,7 @@ class CueTracker:
         cues = self.calls.pop(call_id, None)
         if cues is None:
             return None
-        cues._clear(cues._frame)
+        cues._clear(cues._overlap_end)
         summary = cues.summary()
         if summary["agent_minus_customer_db"] is not None:
             metrics.CUE_LOUDNESS_DIFF.observe(summary["agent_minus_customer_db"])

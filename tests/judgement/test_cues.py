@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
+
+import emovoice_daemon
 
 from emovoice_daemon.config import CuesConfig
 from emovoice_daemon.judgement.cues import TALK_OVER_REASON, CueTracker
@@ -81,3 +86,27 @@ def test_tracker_ignores_other_calls_and_closing_twice(rig) -> None:
     tracker.sink({"type": "score", "call_id": "c3", "role": "agent", "negative_smoothed": 0.9})
     assert cues.customer_negative == 0.0
     assert tracker.close("c3") is not None and tracker.close("c3") is None
+
+
+SAMPLES = Path(emovoice_daemon.__file__).parent / "tools" / "samples"
+
+
+def test_overlapping_real_speech_counts_as_talk_over(rig) -> None:
+    """Real speech is never voiced for a whole second on both sides at once (pauses between words,
+    unvoiced consonants): short gaps must not end a talk-over, or talk_over_s grows while talk_overs stays 0."""
+    tracker, events = rig
+    customer, _ = sf.read(SAMPLES / "caller_upset.wav", dtype="int16")
+    agent, _ = sf.read(SAMPLES / "caller_calm.wav", dtype="int16")
+    cues = tracker.open("speech")
+    cues.customer_negative = 0.8
+    _feed(cues, "customer", customer)
+    _feed(cues, "agent", np.concatenate([silence(1.0), agent])[:len(customer)])  # the agent cuts in after 1 s
+    both = [c and a for c, a in zip(cues.tracks["customer"].voiced, cues.tracks["agent"].voiced)]
+    longest = max(len(run) for run in "".join("1" if b else "0" for b in both).split("0"))
+    assert longest * 0.02 < 1.0  # the gaps are there: no single voiced run reaches talk_over_min_s
+    summary = tracker.close("speech")
+    assert summary["talk_over_s"] > 1.0 and summary["talk_overs"] >= 1
+    raised = [e for e in events if e["type"] == "escalation.raised"]
+    cleared = [e for e in events if e["type"] == "escalation.cleared"]
+    assert raised and raised[0]["reason"] == TALK_OVER_REASON and raised[0]["at"] >= 1.0 + 1.0 - 0.05
+    assert len(cleared) == len(raised)

@@ -229,6 +229,9 @@ class RtpConfig:
     advertise: str = _f("", doc="host:port Asterisk sends RTP to; empty = host:port")
     jitter_depth: int = _f(3, non_negative, "packets a late packet may be waited for (20 ms each)")
     stream_timeout_s: float = _f(5.0, positive, "end a stream whose packets stop this long")
+    receive_buffer_bytes: int = _f(4 * 1024 * 1024, non_negative,
+                                   "kernel receive buffer of the RTP socket (0 = system default; capped by "
+                                   "net.core.rmem_max without CAP_NET_ADMIN)")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import struct
 import time
 from dataclasses import dataclass
@@ -215,14 +216,18 @@ class RtpReceiver(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.receive_buffer = 0  # bytes the kernel granted the socket (0: not set, system default)
         self._rejected = 0  # datagrams from unregistered sources since the last log line
         self._rejected_logged = -REJECT_LOG_INTERVAL_S
 
-    async def start(self, host: str, port: int) -> Address:
-        """Bind the UDP socket; returns the bound (host, port)."""
+    async def start(self, host: str, port: int, receive_buffer: int = 0) -> Address:
+        """Bind the UDP socket (kernel receive buffer of ``receive_buffer`` bytes, 0 = system default);
+        returns the bound (host, port)."""
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self._transport = transport  # type: ignore[assignment]
+        if receive_buffer:
+            self.receive_buffer = set_receive_buffer(transport.get_extra_info("socket"), receive_buffer)
         self._watchdog = asyncio.create_task(self._watch(), name="rtp-watchdog")
         self.address: Address = transport.get_extra_info("sockname")[:2]
         return self.address
@@ -301,6 +306,32 @@ class RtpReceiver(asyncio.DatagramProtocol):
             task = asyncio.create_task(reg.on_timeout(), name=f"rtp-end-{source}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+
+RMEM_MAX = "/proc/sys/net/core/rmem_max"
+
+
+def set_receive_buffer(sock: socket.socket, wanted: int) -> int:
+    """Ask for a ``wanted``-byte kernel receive buffer, so bursts survive while the event loop is busy;
+    returns what the kernel granted (Linux reports twice the usable size). Without CAP_NET_ADMIN
+    (SO_RCVBUFFORCE) the kernel caps the request at ``net.core.rmem_max``: logged as a warning."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), wanted)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    try:
+        with open(RMEM_MAX) as f:
+            rmem_max = f.read().strip()
+    except OSError:
+        rmem_max = "unknown"
+    if granted < wanted:
+        log.warning("RTP receive buffer: asked %d bytes, kernel granted %d (net.core.rmem_max = %s; raise it "
+                    "or run with CAP_NET_ADMIN to avoid packet loss under load)", wanted, granted, rmem_max)
+    else:
+        log.info("RTP receive buffer: asked %d bytes, kernel granted %d (net.core.rmem_max = %s)",
+                 wanted, granted, rmem_max)
+    return granted
 
 
 def _key(addr: Address | tuple) -> Address:

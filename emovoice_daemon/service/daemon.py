@@ -82,7 +82,7 @@ class Daemon:
         cfg = self.config
         if cfg.ari.enabled:
             self.rtp = RtpReceiver(cfg.rtp.stream_timeout_s, cfg.rtp.jitter_depth)
-            await self.rtp.start(cfg.rtp.host, cfg.rtp.port)
+            await self.rtp.start(cfg.rtp.host, cfg.rtp.port, cfg.rtp.receive_buffer_bytes)
             cues = CueTracker(cfg.cues, cfg.pipeline.vad_energy_dbfs, self.bus) if cfg.cues.enabled else None
             if cues is not None:
                 self.bus.add_sink(cues.sink)

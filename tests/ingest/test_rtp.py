@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import numpy as np
@@ -204,3 +205,20 @@ async def test_failing_sink_removes_only_its_stream(ulaw_packets: list[bytes]) -
 def test_unknown_format_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown RTP format 'g729'"):
         RtpReceiver().add_stream(("127.0.0.1", 1), "g729", lambda pcm: None)
+
+
+async def test_receive_buffer_is_enlarged_and_what_the_kernel_granted_is_reported(caplog) -> None:
+    default = RtpReceiver()
+    await default.start("127.0.0.1", 0)
+    system = default._transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    await default.stop()
+    receiver = RtpReceiver()
+    with caplog.at_level(logging.INFO, logger="emovoice_daemon"):
+        await receiver.start("127.0.0.1", 0, receive_buffer=4 * 1024 * 1024)
+    try:
+        granted = receiver._transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert receiver.receive_buffer == granted > system
+        assert f"kernel granted {granted}" in caplog.text and "net.core.rmem_max" in caplog.text
+    finally:
+        await receiver.stop()
+    assert default.receive_buffer == 0

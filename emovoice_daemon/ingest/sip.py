@@ -16,8 +16,10 @@ import logging
 import time
 from typing import Any
 
-from pyVoIP import RTP
+import pyVoIP
 from pyVoIP.VoIP import CallState, VoIPCall, VoIPPhone
+from pyVoIP.VoIP import VoIP as pyvoip_voip
+from pyVoIP import RTP, SIP  # after pyVoIP.VoIP, which must be imported first (circular imports)
 
 from emovoice_daemon.calls import CallManager, Leg
 from emovoice_daemon.config import SipConfig, read_secret
@@ -65,6 +67,7 @@ class SipEndpoint:
                           rtpPortLow=self.cfg.rtp_port_low, rtpPortHigh=self.cfg.rtp_port_high)
         if not self.cfg.register:
             phone.sip.register = lambda: True  # accept-only: no REGISTER
+        _answer_options(phone.sip)
         self._running = True
         await asyncio.to_thread(phone.start)
         self._phone = phone
@@ -147,6 +150,34 @@ def _receive(stream: RtpStream, raw: bytes) -> None:
         stream.receive(packet)
     except Exception:  # a failing leg must not stop pyVoIP's receiver thread
         log.exception("SIP RTP stream failed")
+
+
+def _pyvoip_debug(message: str, short: str | None = None) -> None:
+    """pyVoIP's ``debug()`` prints ``short`` to stdout (e.g. "TODO: Add 500 Error on Receiving SIP
+    Response" for any response it has no use for); send the full message to our log instead."""
+    log.debug("pyVoIP: %s", message)
+
+
+def _answer_options(client: SIP.SIPClient) -> None:
+    """Answer OPTIONS (the PBX's qualify keepalive) with 200 OK; pyVoIP drops them, so the PBX marks
+    the contact Unreachable and stops routing calls to it. Responses go to the top Via like pyVoIP's BYE."""
+    parse_message = client.parse_message
+
+    def parse(message: SIP.SIPMessage) -> None:
+        if message.type != SIP.SIPMessageType.MESSAGE or message.method != "OPTIONS":
+            parse_message(message)
+            return
+        host, port = message.headers["Via"][0]["address"]
+        client.out.sendto(client.gen_ok(message).encode("utf8"), (host, int(port)))
+
+    client.parse_message = parse  # type: ignore[method-assign]
+
+
+# pyVoIP parses only the requests it lists, and prints its debug chatter; both are module state.
+if "OPTIONS" not in pyVoIP.SIPCompatibleMethods:
+    pyVoIP.SIPCompatibleMethods.append("OPTIONS")
+for _module in (SIP, RTP, pyvoip_voip):
+    _module.debug = _pyvoip_debug
 
 
 def _deny(call: VoIPCall) -> None:

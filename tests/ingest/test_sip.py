@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,36 @@ async def test_invite_from_outside_allow_is_refused(tmp_path: Path, speech_8k: n
         await until(lambda: phone.calls == {}, timeout=5)  # the refused call is forgotten
     finally:
         await endpoint.stop()
+
+
+OPTIONS = ("OPTIONS sip:emovoice@127.0.0.1:{port} SIP/2.0\r\n"
+           "Via: SIP/2.0/UDP 127.0.0.1:{peer};rport;branch=z9hG4bK-qualify-1\r\n"
+           "From: <sip:emovoice@127.0.0.1>;tag=pbx-1\r\nTo: <sip:emovoice@127.0.0.1:{port}>\r\n"
+           "Call-ID: qualify-1@127.0.0.1\r\nCSeq: 7 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+STRAY_RESPONSE = ("SIP/2.0 403 Forbidden\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-x\r\n"
+                  "From: <sip:emovoice@127.0.0.1>;tag=a\r\nTo: <sip:emovoice@127.0.0.1>;tag=b\r\n"
+                  "Call-ID: stray@127.0.0.1\r\nCSeq: 3 REGISTER\r\nContent-Length: 0\r\n\r\n")
+
+
+async def test_options_qualify_is_answered_and_pyvoip_prints_nothing(capfd, caplog) -> None:
+    """The PBX's qualify (OPTIONS) gets 200 OK, else Asterisk marks the contact Unreachable; a response
+    pyVoIP has no use for goes to our debug log, not to stdout as 'TODO: Add 500 Error...'."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(10)
+    endpoint, port = _endpoint(RecordingCalls(), peer.getsockname()[1])
+    await endpoint.start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="emovoice_daemon.ingest.sip"):
+            peer.sendto(STRAY_RESPONSE.format(port=port).encode(), ("127.0.0.1", port))
+            peer.sendto(OPTIONS.format(port=port, peer=peer.getsockname()[1]).encode(), ("127.0.0.1", port))
+            reply = (await asyncio.to_thread(peer.recv, 4096)).decode()
+            await until(lambda: "TODO: Add 500 Error" in caplog.text)
+    finally:
+        await endpoint.stop()
+        peer.close()
+    head = reply.split("\r\n")
+    assert head[0] == "SIP/2.0 200 OK"
+    assert "Call-ID: qualify-1@127.0.0.1" in head and "CSeq: 7 OPTIONS" in head
+    assert any(h.startswith("Allow:") and "OPTIONS" in h for h in head)
+    assert "TODO" not in capfd.readouterr().out

@@ -91,10 +91,9 @@ class Asterisk:
     def console_path(self) -> Path:
         return self.root / "console.log"
 
-    @property
-    def transport(self) -> str:
-        """A pjsip.conf UDP transport on this instance's SIP port (the snippets define none of their own)."""
-        return f"\n[test-udp]\ntype = transport\nprotocol = udp\nbind = 127.0.0.1:{self.sip_port}\n"
+    def pjsip_conf(self, extra: str = "") -> str:
+        """The shipped pjsip.conf, its UDP transport bound to this instance's SIP port, plus ``extra``."""
+        return snippet("pjsip.conf", {"bind = 127.0.0.1:5060": f"bind = 127.0.0.1:{self.sip_port}"}) + extra
 
     def base_config(self) -> dict[str, str]:
         """Files every instance gets: private directories, all modules, loopback listeners, an AMI user."""

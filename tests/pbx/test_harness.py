@@ -8,7 +8,7 @@ from .asterisk import Asterisk, snippet
 
 def test_private_asterisk_loads_shipped_snippets_on_loopback_and_stops(asterisk: Asterisk) -> None:
     asterisk.start({"extensions.conf": snippet("extensions.conf"),
-                    "pjsip.conf": snippet("pjsip.conf") + asterisk.transport,
+                    "pjsip.conf": asterisk.pjsip_conf(),
                     "ari.conf": snippet("ari.conf")})
     assert "Asterisk 22." in asterisk.cli("core show version")
     assert "emovoice-audiosocket" in asterisk.cli("dialplan show emovoice-audiosocket")

@@ -76,6 +76,14 @@ def _f(default: Any, check: Check | None = None, doc: str = "") -> Any:
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
 
+def role_ports(value: Any) -> str | None:
+    """role -> listening port, for the AudioSocket taps that say their role by the port they dial."""
+    bad = sorted(set(value) - {"mixed", "customer", "agent"})
+    if bad:
+        return f"unknown roles {bad} (known: mixed, customer, agent)"
+    return next((f"{role}: {p}" for role, v in value.items() if (p := port(v))), None)
+
+
 @dataclass
 class AudioSocketConfig:
     enabled: bool = _f(True)
@@ -86,7 +94,8 @@ class AudioSocketConfig:
     max_frame_bytes: int = _f(8192, positive, "longer frames close the connection")
     idle_timeout_s: float = _f(10.0, positive, "close a connection silent this long")
     keepalive: bool = _f(True, doc="send silence back so AudioSocket() does not hang up after 2 s")
-    role: str = _f("mixed", one_of("mixed", "customer", "agent"))
+    role: str = _f("mixed", one_of("mixed", "customer", "agent"), "role of legs arriving on 'port'")
+    role_ports: dict[str, int] = _f({}, role_ports, "extra listeners, role -> port (dialplan taps: customer, agent)")
 
 
 @dataclass

@@ -126,14 +126,19 @@ def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None
     raise AssertionError(f"daemon not healthy in 60 s:\n{stderr_path.read_text()[-3000:]}")
 
 
-def stop_daemon(daemon: DaemonProcess) -> None:
-    if daemon.proc.poll() is None:
-        daemon.proc.terminate()
+def terminate(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM a child process, SIGKILL it if it is still there after ``timeout`` s."""
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            daemon.proc.wait(20)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            daemon.proc.kill()
-            daemon.proc.wait()
+            proc.kill()
+            proc.wait()
+
+
+def stop_daemon(daemon: DaemonProcess) -> None:
+    terminate(daemon.proc)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,13 @@ def test_each_bad_value_names_file_line_and_key() -> None:
     ]
 
 
+def test_audiosocket_role_ports_name_known_roles_and_ports() -> None:
+    assert errors_of("audiosocket:\n  role_ports: {customer: 9094, boss: 9096}\n") == [
+        "c.yaml:2: audiosocket.role_ports: unknown roles ['boss'] (known: mixed, customer, agent)"]
+    assert errors_of("audiosocket:\n  role_ports: {agent: 99999}\n") == [
+        "c.yaml:2: audiosocket.role_ports: agent: must be a port number 0-65535"]
+
+
 def test_unknown_keys_and_sections_are_errors() -> None:
     errors = errors_of("api:\n  prot: 1\nnosuch:\n  a: 1\n")
     assert errors[0].startswith("c.yaml:2: api.prot: unknown key")

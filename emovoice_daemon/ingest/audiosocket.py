@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import logging
 import struct
@@ -134,9 +135,9 @@ KEEPALIVE_AFTER_S = 0.5
 class Connection:
     """One AudioSocket TCP connection = one call leg."""
 
-    def __init__(self, cfg: AudioSocketConfig, calls: CallManager,
+    def __init__(self, cfg: AudioSocketConfig, calls: CallManager, role: str,
                  reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.cfg, self.calls, self.reader, self.writer = cfg, calls, reader, writer
+        self.cfg, self.calls, self.role, self.reader, self.writer = cfg, calls, role, reader, writer
         self.peer = "%s:%s" % writer.get_extra_info("peername")[:2]
         self.parser = FrameParser(cfg.max_frame_bytes)
         self.decoder = AudioDecoder(cfg.payload_format)
@@ -214,7 +215,7 @@ class Connection:
 
     def _start(self, call_id: str) -> None:
         try:
-            self.leg = self.calls.start_leg(call_id, self.cfg.role, "audiosocket", {"peer": self.peer})
+            self.leg = self.calls.start_leg(call_id, self.role, "audiosocket", {"peer": self.peer})
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
 
@@ -231,28 +232,34 @@ class Connection:
 
 
 class AudioSocketServer:
-    """TCP listener accepting AudioSocket connections from allowed peers."""
+    """TCP listeners accepting AudioSocket connections from allowed peers.
+
+    ``port`` serves legs of role ``cfg.role``; each ``role_ports`` entry adds a listener whose legs
+    have that role, so the customer and agent taps of one call share its UUID as call id.
+    """
 
     def __init__(self, cfg: AudioSocketConfig, calls: CallManager) -> None:
         self.cfg, self.calls = cfg, calls
         self._allow = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.cfg.host, self.cfg.port)
-        log.info("audiosocket listening on %s", self.address)
+        for role, port in [(self.cfg.role, self.cfg.port), *self.cfg.role_ports.items()]:
+            server = await asyncio.start_server(functools.partial(self._accept, role), self.cfg.host, port)
+            self._servers.append(server)
+            log.info("audiosocket listening on %s (role %s)", _address(server), role)
 
     @property
     def address(self) -> str:
-        sock = self._server.sockets[0].getsockname() if self._server else (self.cfg.host, self.cfg.port)
-        return f"{sock[0]}:{sock[1]}"
+        """host:port of the main listener."""
+        return _address(self._servers[0]) if self._servers else f"{self.cfg.host}:{self.cfg.port}"
 
     def allowed(self, host: str) -> bool:
         addr = ipaddress.ip_address(host.split("%")[0])
         return any(addr in net for net in self._allow)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, role: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = writer.get_extra_info("peername")[0]
         if not self.allowed(host):
             metrics.AUDIOSOCKET_ERRORS.labels("rejected_peer").inc()
@@ -262,18 +269,23 @@ class AudioSocketServer:
         task = asyncio.current_task()
         self._tasks.add(task)
         try:
-            await Connection(self.cfg, self.calls, reader, writer).run()
+            await Connection(self.cfg, self.calls, role, reader, writer).run()
         finally:
             self._tasks.discard(task)
 
     async def stop_accepting(self) -> None:
-        """Close the listener; live connections go on."""
-        if self._server:
-            self._server.close()
-            await self._server.wait_closed()
+        """Close the listeners; live connections go on."""
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
 
     async def close_all(self) -> None:
         """Cancel live connections (their legs end with reason 'shutdown' via the leg's owner)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _address(server: asyncio.AbstractServer) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"{host}:{port}"

@@ -1,0 +1,59 @@
+"""One call through the shipped dialplan: a real Asterisk, real SIP phones and the daemon (scripted model).
+
+The SIPp caller dials 100 (extensions.conf [emovoice-inbound]: Gosub emovoice-call, Queue support with
+the emovoice-tap gosub) or 200 (Gosub emovoice-audiosocket, an IVR step, then the queue); agent 1001's
+phone (SIPp UAS) answers. The caller's voice is scripted by tone for the ToneClassifier: calm (400 Hz),
+angry (1200 Hz), calm; the agent stays calm.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import DaemonProcess, free_port
+from tests.support.scripted import tone_call
+from tests.support.scripted_daemon import start_scripted_daemon
+
+from .asterisk import Asterisk, snippet
+from .phones import Phone, caller_phone, endpoints
+
+CALM_S, ANGRY_S, TAIL_S = 8, 14, 4
+CALLER_VOICE = tone_call([("calm", CALM_S), ("angry", ANGRY_S), ("calm", TAIL_S)])
+AGENT_VOICE = tone_call([("calm", CALM_S + ANGRY_S + TAIL_S + 5)])
+CALL_TIMEOUT_S = CALM_S + ANGRY_S + TAIL_S + 90
+
+
+def start_pbx(asterisk: Asterisk, ports: dict[str, int], agent: Phone) -> Asterisk:
+    """Asterisk with the shipped dialplan and queue, pointed at ``ports`` (audiosocket, customer, agent)."""
+    dialplan = snippet("extensions.conf", {
+        "EMOVOICE_AUDIOSOCKET=127.0.0.1:9093": f"EMOVOICE_AUDIOSOCKET=127.0.0.1:{ports['audiosocket']}",
+        "EMOVOICE_TAP_CUSTOMER=127.0.0.1:9094": f"EMOVOICE_TAP_CUSTOMER=127.0.0.1:{ports['customer']}",
+        "EMOVOICE_TAP_AGENT=127.0.0.1:9095": f"EMOVOICE_TAP_AGENT=127.0.0.1:{ports['agent']}"})
+    dialplan += ("\n[test-in]\nexten => 100,1,Goto(emovoice-inbound,100,1)\n"  # the tap of a queued call
+                 "exten => 200,1,Gosub(emovoice-audiosocket,s,1)\n same => n,Queue(support)\n")  # an IVR step first
+    return asterisk.start({"extensions.conf": dialplan, "queues.conf": snippet("queues.conf"),
+                           "pjsip.conf": asterisk.transport + endpoints("test-in", {"1001": agent})})
+
+
+def tap_daemon(workdir: Path, ports: dict[str, int] | None = None) -> tuple[DaemonProcess, dict[str, int]]:
+    """The scripted daemon with tap listeners (on ``ports`` when given: a restart); returns it and its ports."""
+    ports = ports or {"audiosocket": free_port(), "customer": free_port(), "agent": free_port()}
+    workdir.mkdir(parents=True, exist_ok=True)
+    daemon = start_scripted_daemon(workdir, {"audiosocket": {
+        "port": ports["audiosocket"], "role_ports": {"customer": ports["customer"], "agent": ports["agent"]}}})
+    return daemon, ports
+
+
+def start_call(workdir: Path, asterisk: Asterisk, exten: str) -> Phone:
+    """The caller's phone dials ``exten`` and talks (CALLER_VOICE), then hangs up."""
+    return caller_phone(workdir, asterisk.sip_port, exten, CALLER_VOICE)
+
+
+def place_call(workdir: Path, asterisk: Asterisk, exten: str = "100") -> int:
+    """One whole call; SIPp's exit status (0: answered, talked, hung up cleanly)."""
+    caller = start_call(workdir, asterisk, exten)
+    try:
+        return caller.wait(CALL_TIMEOUT_S)
+    finally:
+        caller.stop()
+
+

@@ -31,7 +31,7 @@ def start_pbx(asterisk: Asterisk, ports: dict[str, int], agent: Phone) -> Asteri
     dialplan += ("\n[test-in]\nexten => 100,1,Goto(emovoice-inbound,100,1)\n"  # the tap of a queued call
                  "exten => 200,1,Gosub(emovoice-audiosocket,s,1)\n same => n,Queue(support)\n")  # an IVR step first
     return asterisk.start({"extensions.conf": dialplan, "queues.conf": snippet("queues.conf"),
-                           "pjsip.conf": asterisk.transport + endpoints("test-in", {"1001": agent})})
+                           "pjsip.conf": asterisk.pjsip_conf(endpoints("test-in", {"1001": agent}))})
 
 
 def tap_daemon(workdir: Path, ports: dict[str, int] | None = None) -> tuple[DaemonProcess, dict[str, int]]:

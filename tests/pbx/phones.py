@@ -73,7 +73,7 @@ def caller_phone(workdir: Path, pbx_port: int, exten: str, voice: np.ndarray) ->
 
 def endpoints(caller_context: str, agents: dict[str, Phone]) -> str:
     """pjsip.conf endpoints: the caller (into ``caller_context``) and each agent at its phone's address."""
-    common = "type = endpoint\ndisallow = all\nallow = ulaw\ndirect_media = no\ntransport = test-udp\n"
+    common = "type = endpoint\ndisallow = all\nallow = ulaw\ndirect_media = no\ntransport = transport-udp\n"
     text = f"\n[{CALLER}]\n{common}context = {caller_context}\n"
     for agent, phone in agents.items():
         text += (f"\n[{agent}]\n{common}context = {caller_context}\naors = {agent}\n"

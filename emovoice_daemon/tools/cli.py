@@ -46,11 +46,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from emovoice_daemon.tools.demo import run_demo
+    from emovoice_daemon.tools.demo import bundled_calls, file_calls, run_demo
 
     config = _load_or_exit(args.config)
-    wavs = [Path(w) for w in args.wavs] or sorted((Path(__file__).parent / "samples").glob("*.wav"))
-    asyncio.run(run_demo(config, wavs, args.calls, args.duration, bundled=not args.wavs))
+    calls = file_calls([Path(w) for w in args.wavs]) if args.wavs else bundled_calls()
+    asyncio.run(run_demo(config, calls, args.calls or len(calls), args.duration))
     return 0
 
 
@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")
     sim.set_defaults(func=cmd_simulate)
     demo = sub.add_parser("demo", help="run the daemon and stream sample calls into it")
-    demo.add_argument("wavs", nargs="*", help="recordings to loop as calls (default: the bundled espeak-ng samples)")
+    demo.add_argument("wavs", nargs="*", help="recordings to loop as calls (default: the bundled CREMA-D calls)")
     demo.add_argument("-c", "--config")
-    demo.add_argument("--calls", type=int, default=2, help="concurrent sample calls")
+    demo.add_argument("--calls", type=int, default=0, help="concurrent calls (default: one per recording)")
     demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = Ctrl-C)")
     demo.set_defaults(func=cmd_demo)
     score = sub.add_parser("score", help="batch QA: score recorded calls (WAV files or directories)")

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import emovoice_daemon
-
 from emovoice_daemon.config import CuesConfig
 from emovoice_daemon.judgement.cues import TALK_OVER_REASON, CueTracker
 from emovoice_daemon.outputs.events import EventBus
+from tests.conftest import espeak
 
 RATE = 8000
 
@@ -88,15 +87,14 @@ def test_tracker_ignores_other_calls_and_closing_twice(rig) -> None:
     assert tracker.close("c3") is not None and tracker.close("c3") is None
 
 
-SAMPLES = Path(emovoice_daemon.__file__).parent / "tools" / "samples"
-
-
-def test_overlapping_real_speech_counts_as_talk_over(rig) -> None:
-    """Real speech is never voiced for a whole second on both sides at once (pauses between words,
+def test_overlapping_real_speech_counts_as_talk_over(rig, tmp_path: Path) -> None:
+    """Speech (espeak-ng) is never voiced for a whole second on both sides at once (pauses between words,
     unvoiced consonants): short gaps must not end a talk-over, or talk_over_s grows while talk_overs stays 0."""
     tracker, events = rig
-    customer, _ = sf.read(SAMPLES / "caller_upset.wav", dtype="int16")
-    agent, _ = sf.read(SAMPLES / "caller_calm.wav", dtype="int16")
+    customer, _ = sf.read(espeak("This is the third time I am calling about this. Nobody has fixed anything and I "
+                                 "am really fed up with waiting for you.", tmp_path / "customer.wav"), dtype="int16")
+    agent, _ = sf.read(espeak("I understand, and I am sorry. Let me look at your account right now and see what "
+                              "happened.", tmp_path / "agent.wav"), dtype="int16")
     cues = tracker.open("speech")
     cues.customer_negative = 0.8
     _feed(cues, "customer", customer)

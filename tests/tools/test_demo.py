@@ -1,14 +1,21 @@
 """The README's first command: ``emovoice-daemon demo`` streams calls through the real AudioSocket port."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import soundfile as sf
 import yaml
 
+from emovoice_daemon.config import Config
+from emovoice_daemon.scoring.models.loader import load_classifier
+from emovoice_daemon.tools.batch import score_files
+from emovoice_daemon.tools.demo import ALERT_WITHIN_S, bundled_calls
 from tests.conftest import espeak, free_port
 
 
@@ -29,17 +36,38 @@ def run_demo(tmp_path: Path, *args: str) -> str:
 def test_demo_plays_a_recording_through_the_daemon_and_prints_its_events(tmp_path: Path) -> None:
     wav = espeak("Hello. I am calling about my order, it has not arrived yet.", tmp_path / "my_call.wav")
     out = run_demo(tmp_path, "--duration", "10", str(wav))
-    assert "Model        default (trained)" in out and "Calls        my_call.wav" in out
-    assert "espeak-ng synthetic speech" not in out  # the note is about the bundled calls only
-    for line in ("call.started", "-> ", "call.ended eof"):
+    assert "Model        default (trained)" in out and "Calls        my_call: your recording my_call.wav" in out
+    assert "CREMA-D" not in out  # the note is about the bundled calls only
+    for line in ("my_call          call.started", "-> ", "call.ended eof"):
         assert line in out, out
     events = [line for line in (tmp_path / "events.jsonl").read_text().splitlines() if line]
     assert len(events) >= 3
 
 
-def test_demo_says_what_the_bundled_calls_are(tmp_path: Path) -> None:
-    out = run_demo(tmp_path, "--duration", "4")
-    assert "caller_calm.wav" in out and "espeak-ng synthetic speech" in out
+def test_bundled_demo_names_its_calls_and_links_the_agent_page_and_emovoice_top(tmp_path: Path) -> None:
+    out = run_demo(tmp_path, "--calls", "2", "--duration", "24")
+    assert "calm-throughout: a calm caller" in out and "calm-then-angry: calm, then increasingly angry" in out
+    assert re.search(r"Agent page   http://127\.0\.0\.1:\d+/agent/#agent=201&token=\S+", out), out
+    assert re.search(r"Supervisor   emovoice-top --url http://127\.0\.0\.1:\d+ --token \S+", out), out
+    assert "espeak" not in out and "CREMA-D" in out
+    assert re.search(r"^calm-then-angry +escalation\.raised alert", out, re.M), out
+    assert not re.search(r"^calm-throughout +escalation", out, re.M), out
+
+
+async def test_the_shipped_model_alerts_on_the_angry_call_only_and_within_the_stated_time(tmp_path: Path) -> None:
+    """The demo's story, through the daemon's own engine and escalation policy (batch QA runs the same legs)."""
+    calls = {c.name: c for c in bundled_calls()}
+    for call in calls.values():
+        sf.write(tmp_path / f"{call.name}.wav", call.audio, 8000, subtype="PCM_16")
+    config = Config()
+    await score_files([tmp_path], tmp_path / "out", config, load_classifier(config.model), progress=False)
+    report = {name: json.loads((tmp_path / "out" / f"{name}.json").read_text()) for name in calls}
+    assert report["calm-throughout"]["escalations"] == []
+    raised = [e for e in report["calm-then-angry"]["escalations"] if e["type"] == "escalation.raised"]
+    anger_at = calls["calm-then-angry"].anger_at_s
+    assert anger_at is not None and 8 < anger_at < 12
+    assert raised and raised[0]["severity"] == "alert", raised
+    assert anger_at < raised[0]["at"] <= anger_at + ALERT_WITHIN_S, (raised[0]["at"], anger_at)
 
 
 def test_ctrl_c_stops_the_demo_cleanly_even_when_pressed_twice(tmp_path: Path) -> None:

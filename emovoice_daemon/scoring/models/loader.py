@@ -180,8 +180,11 @@ def _finish(model: torch.nn.Module, cfg: ModelConfig, **fields: Any) -> Classifi
 def load_directory(path: Path, cfg: ModelConfig) -> Classifier:
     """Validate and load one HF audio-classification directory."""
     from transformers import AutoModelForAudioClassification
+    from transformers.utils import logging as hf_logging
 
     import emovoice_daemon.scoring.models  # noqa: F401  (registers the project's model types)
+
+    hf_logging.disable_progress_bar()  # no "Loading weights 0%|" bar in the daemon's output
 
     config, rate = _validate_dir(path)
     classes = map_labels(config["id2label"], cfg.label_map, str(path / "config.json"))

@@ -260,6 +260,20 @@ class AriConfig:
 
 
 @dataclass
+class AmiConfig:
+    enabled: bool = _f(False, doc="AMI client: EMOVOICE_ESCALATION via Setvar, calls bound to the queue member "
+                       "who answers, supervisor listen-in (asterisk/manager.conf)")
+    host: str = _f("127.0.0.1")
+    port: int = _f(5038, port)
+    username: str = _f("emovoice")
+    secret: str = _f("", doc="or secret_file / EMOVOICE_AMI_SECRET")
+    secret_file: str = _f("")
+    reconnect_max_s: float = _f(30.0, positive, "longest back-off between reconnects")
+    supervisors: dict[str, str] = _f({}, doc="supervisor name -> the dial string of their phone (PJSIP/2001) "
+                                     "that listen-in rings")
+
+
+@dataclass
 class SipConfig:
     enabled: bool = _f(False)
     host: str = _f("127.0.0.1", doc="SIP/RTP bind address; loopback unless you mean it")
@@ -301,6 +315,7 @@ class Config:
     rtp: RtpConfig = field(default_factory=RtpConfig)
     ari: AriConfig = field(default_factory=AriConfig)
     sip: SipConfig = field(default_factory=SipConfig)
+    ami: AmiConfig = field(default_factory=AmiConfig)
     cues: CuesConfig = field(default_factory=CuesConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 

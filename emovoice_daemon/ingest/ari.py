@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 OTHER_ROLE = {"customer": "agent", "agent": "customer"}
 RTP_PORT_VAR = "UNICASTRTP_LOCAL_PORT"
 RTP_ADDR_VAR = "UNICASTRTP_LOCAL_ADDRESS"
-ESCALATION_VAR = "EMOVOICE_ESCALATION"
 
 
 class AriError(Exception):
@@ -166,24 +165,6 @@ class AriController:
             tap = self._tap_of(channel.get("id", ""))
             if tap and not (kind == "StasisEnd" and channel["id"] == tap.call_id):  # we sent it on ourselves
                 self._spawn(self._teardown(tap, "hangup"))
-
-    def on_escalation(self, event: dict[str, Any]) -> None:
-        """Bus hook: mirror a tapped call's escalation state into ``EMOVOICE_ESCALATION`` on its channel.
-
-        The value is ``{role}:{severity}`` when raised and ``{role}:cleared`` when cleared, so the
-        dialplan, a queue strategy or AMI can react (e.g. ``${EMOVOICE_ESCALATION}`` after the call).
-        """
-        tap = self.taps.get(event.get("call_id", ""))
-        if tap is None:
-            return
-        state = event.get("severity", "raised") if event["type"] == "escalation.raised" else "cleared"
-        self._spawn(self._set_var(tap.call_id, ESCALATION_VAR, f"{event['role']}:{state}"))
-
-    async def _set_var(self, channel_id: str, variable: str, value: str) -> None:
-        try:
-            await self.client.request("POST", f"/channels/{channel_id}/variable", variable=variable, value=value)
-        except (AriError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.info("could not set %s on %s: %s", variable, channel_id, exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

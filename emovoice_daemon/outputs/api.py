@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 
 
+ListenIn = Callable[[str, str, str], Awaitable[str]]  # (call id, supervisor, mode) -> the spied channel
+LISTEN_MODES = ("listen", "whisper")
+
+
 @dataclass
 class ApiContext:
     """What the API serves: the token, the event bus, the health report and the optional routes' owners."""
@@ -31,6 +35,7 @@ class ApiContext:
     health: Callable[[], dict[str, Any]]
     history: history.CallHistory | None = None
     notifier: notifier.AgentNotifier | None = None
+    listen_in: ListenIn | None = None
 
 
 CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("context")
@@ -100,6 +105,26 @@ async def close_websockets(app: web.Application) -> None:
                            for ws in set(app[SOCKETS_KEY])))
 
 
+async def listen_in(request: web.Request) -> web.Response:
+    """``POST /calls/{call_id}/listen`` with ``{"supervisor", "mode": "listen" | "whisper"}``: ring the
+    supervisor's phone and connect it to the call (AMI Originate of ChanSpy)."""
+    try:
+        data = await request.json()
+        supervisor, mode = str(data["supervisor"]), str(data.get("mode", "listen"))
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"error": 'expected JSON {"supervisor": "...", "mode": "listen|whisper"}'}, status=400)
+    if mode not in LISTEN_MODES:
+        return web.json_response({"error": f"mode must be one of {', '.join(LISTEN_MODES)}"}, status=400)
+    call_id = request.match_info["call_id"]
+    try:
+        channel = await request.app[CONTEXT_KEY].listen_in(call_id, supervisor, mode)
+    except KeyError as exc:
+        return web.json_response({"error": f"unknown supervisor or call: {exc.args[0]}"}, status=404)
+    except RuntimeError as exc:
+        return web.json_response({"error": str(exc)}, status=502)
+    return web.json_response({"call_id": call_id, "supervisor": supervisor, "mode": mode, "channel": channel})
+
+
 def build_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[auth_middleware])
     app[CONTEXT_KEY] = ctx
@@ -112,4 +137,6 @@ def build_app(ctx: ApiContext) -> web.Application:
         history.add_routes(app, ctx.history)
     if ctx.notifier is not None:
         notifier.add_routes(app, ctx.notifier)
+    if ctx.listen_in is not None:
+        app.router.add_post("/calls/{call_id}/listen", listen_in)
     return app

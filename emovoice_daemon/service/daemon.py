@@ -12,6 +12,7 @@ from aiohttp import web
 
 from emovoice_daemon.calls import CallManager
 from emovoice_daemon.config import Config, read_secret
+from emovoice_daemon.ingest.ami import AmiClient
 from emovoice_daemon.ingest.ari import AriController
 from emovoice_daemon.ingest.audiosocket import AudioSocketServer
 from emovoice_daemon.ingest.rtp import RtpReceiver
@@ -20,7 +21,7 @@ from emovoice_daemon.judgement.cues import CueTracker
 from emovoice_daemon.judgement.policy import policy_factory
 from emovoice_daemon.outputs.api import ApiContext, build_app
 from emovoice_daemon.outputs.eventlog import EventLog
-from emovoice_daemon.outputs.events import Event, EventBus
+from emovoice_daemon.outputs.events import EventBus
 from emovoice_daemon.outputs.history import CallHistory
 from emovoice_daemon.outputs.notifier import AgentNotifier
 from emovoice_daemon.outputs.webhook import WebhookSender
@@ -51,6 +52,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self.rtp: RtpReceiver | None = None
         self.ari: AriController | None = None
+        self.ami: AmiClient | None = None
         self.sip: SipEndpoint | None = None
 
     @property
@@ -78,7 +80,7 @@ class Daemon:
         log.info("emovoice daemon ready (model %s, trained=%s)", self.classifier.name, self.classifier.trained)
 
     async def _start_telephony(self) -> None:
-        """ARI (with its RTP receiver) and the SIP endpoint, each when its section is enabled."""
+        """ARI (with its RTP receiver), the SIP endpoint and the AMI client, each when its section is enabled."""
         cfg = self.config
         if cfg.ari.enabled:
             self.rtp = RtpReceiver(cfg.rtp.stream_timeout_s, cfg.rtp.jitter_depth)
@@ -91,14 +93,18 @@ class Daemon:
         if cfg.sip.enabled:
             self.sip = SipEndpoint(cfg.sip, self.calls, cfg.rtp.jitter_depth)
             await self.sip.start()
+        if cfg.ami.enabled:
+            self.ami = AmiClient(cfg.ami, self._bind_agent)
+            self.bus.add_sink(self.ami.on_escalation)
+            await self.ami.start()
 
     async def _stop_telephony(self) -> None:
-        for component in (self.sip, self.ari, self.rtp):
+        for component in (self.ami, self.sip, self.ari, self.rtp):
             if component is not None:
                 await component.stop()
 
     def _start_escalation_outputs(self) -> None:
-        """Call history, agent notifier, webhook and the ARI escalation hook, all fed as bus sinks."""
+        """Call history, agent notifier and webhook, all fed as bus sinks."""
         cfg = self.config
         if cfg.history.enabled:
             self.history = CallHistory(cfg.history.path, cfg.history.retention_days)
@@ -111,17 +117,16 @@ class Daemon:
             self.webhook = WebhookSender(cfg.webhook)
             self.bus.add_sink(self.webhook.sink)
             self._tasks.append(asyncio.create_task(self.webhook.run(), name="webhook"))
-        self.bus.add_sink(self._escalation_hook)
 
-    def _escalation_hook(self, event: Event) -> None:
-        """Hand escalation events to the ARI controller's ``on_escalation`` (channel variables), if any."""
-        hook = getattr(getattr(self, "ari", None), "on_escalation", None)
-        if hook is not None and event["type"].startswith("escalation."):
-            hook(event)
+    def _bind_agent(self, call_id: str, agent: str) -> None:
+        """AMI saw a queue member answer the call: its agent gets the call's prompts."""
+        if self.notifier is not None:
+            self.notifier.bind(call_id, agent)
 
     async def _start_api(self) -> None:
         cfg = self.config.api
-        context = ApiContext(self.api_token, cfg.metrics_public, self.bus, self.health, self.history, self.notifier)
+        context = ApiContext(self.api_token, cfg.metrics_public, self.bus, self.health, self.history, self.notifier,
+                             self.ami.listen_in if self.ami is not None else None)
         self._runner = web.AppRunner(build_app(context), access_log=None)
         await self._runner.setup()
         ssl_ctx = None

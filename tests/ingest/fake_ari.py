@@ -58,7 +58,6 @@ class FakeAri:
         r.add_post("/ari/channels/{id}/snoop", self._snoop)
         r.add_post("/ari/channels/{id}/continue", self._continue)
         r.add_get("/ari/channels/{id}/variable", self._variable)
-        r.add_post("/ari/channels/{id}/variable", self._set_variable)
         r.add_delete("/ari/channels/{id}", self._delete_channel)
         r.add_post("/ari/bridges", self._create_bridge)
         r.add_post("/ari/bridges/{id}/addChannel", self._add_channel)
@@ -243,15 +242,6 @@ class FakeAri:
         if value is None:
             return self._reply(request, 404, {"message": "Provided variable was not found"})
         return self._reply(request, 200, {"value": value})
-
-    async def _set_variable(self, request: web.Request) -> web.Response:
-        ch = self.channels.get(request.match_info["id"])
-        if ch is None:
-            return self._not_found(request, "Channel")
-        if "variable" not in request.query:
-            return self._reply(request, 400, {"message": "Variable name is required"})
-        ch.setdefault("channelvars", {})[request.query["variable"]] = request.query.get("value", "")
-        return self._reply(request, 204, "")
 
     async def _delete_channel(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]

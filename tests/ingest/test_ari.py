@@ -217,21 +217,6 @@ async def test_rtp_stopping_ends_the_call(rig, ulaw_packets: list[bytes]) -> Non
         await until(lambda: not any(c.startswith("emovoice-") for c in fake.channels))
 
 
-async def test_escalations_are_mirrored_into_a_channel_variable(rig) -> None:
-    fake, server, rtp = rig
-    ctl = _controller(server, rtp, RecordingCalls(), directions=["in"])
-    async with connected(ctl):
-        await fake.start_call(CALL)
-        await until(lambda: CALL in ctl.taps and not ctl._jobs)
-        ctl.on_escalation({"type": "escalation.raised", "call_id": CALL, "role": "customer", "severity": "alert"})
-        ctl.on_escalation({"type": "escalation.raised", "call_id": "not-ours", "role": "mixed", "severity": "alert"})
-        await until(lambda: fake.channels[CALL].get("channelvars", {}).get("EMOVOICE_ESCALATION"))
-        assert fake.channels[CALL]["channelvars"]["EMOVOICE_ESCALATION"] == "customer:alert"
-        ctl.on_escalation({"type": "escalation.cleared", "call_id": CALL, "role": "customer"})
-        await until(lambda: fake.channels[CALL]["channelvars"]["EMOVOICE_ESCALATION"] == "customer:cleared")
-        assert sum(r["path"].endswith("/variable") for r in fake.requests) == 2
-
-
 async def test_call_cues_reach_both_legs_call_ended_summary(rig, ulaw_packets: list[bytes]) -> None:
     fake, server, rtp = rig
     calls = RecordingCalls()

@@ -22,25 +22,37 @@ AGENT_VOICE = tone_call([("calm", CALM_S + ANGRY_S + TAIL_S + 5)])
 CALL_TIMEOUT_S = CALM_S + ANGRY_S + TAIL_S + 90
 
 
-def start_pbx(asterisk: Asterisk, ports: dict[str, int], agent: Phone) -> Asterisk:
-    """Asterisk with the shipped dialplan and queue, pointed at ``ports`` (audiosocket, customer, agent)."""
+AMI_SECRET = "ami-secret-for-tests"
+
+
+def start_pbx(asterisk: Asterisk, ports: dict[str, int], agent: Phone, phones: dict[str, Phone] | None = None) -> Asterisk:
+    """Asterisk with the shipped dialplan, queue and AMI user, pointed at ``ports`` (audiosocket, customer,
+    agent); agent 1001 and any other ``phones`` (extension -> phone) are PJSIP endpoints."""
     dialplan = snippet("extensions.conf", {
         "EMOVOICE_AUDIOSOCKET=127.0.0.1:9093": f"EMOVOICE_AUDIOSOCKET=127.0.0.1:{ports['audiosocket']}",
         "EMOVOICE_TAP_CUSTOMER=127.0.0.1:9094": f"EMOVOICE_TAP_CUSTOMER=127.0.0.1:{ports['customer']}",
         "EMOVOICE_TAP_AGENT=127.0.0.1:9095": f"EMOVOICE_TAP_AGENT=127.0.0.1:{ports['agent']}"})
     dialplan += ("\n[test-in]\nexten => 100,1,Goto(emovoice-inbound,100,1)\n"  # the tap of a queued call
                  "exten => 200,1,Gosub(emovoice-audiosocket,s,1)\n same => n,Queue(support)\n")  # an IVR step first
-    return asterisk.start({"extensions.conf": dialplan, "queues.conf": snippet("queues.conf"),
-                           "pjsip.conf": asterisk.pjsip_conf(endpoints("test-in", {"1001": agent}))})
+    manager = snippet("manager.conf", {"port = 5038": f"port = {asterisk.ami_port}",
+                                       "secret = change-me-to-a-long-random-secret": f"secret = {AMI_SECRET}"})
+    return asterisk.start({"extensions.conf": dialplan, "queues.conf": snippet("queues.conf"), "manager.conf": manager,
+                           "pjsip.conf": asterisk.pjsip_conf(endpoints("test-in", {"1001": agent, **(phones or {})}))})
 
 
-def tap_daemon(workdir: Path, ports: dict[str, int] | None = None) -> tuple[DaemonProcess, dict[str, int]]:
+def tap_daemon(workdir: Path, ports: dict[str, int] | None = None,
+               overrides: dict | None = None) -> tuple[DaemonProcess, dict[str, int]]:
     """The scripted daemon with tap listeners (on ``ports`` when given: a restart); returns it and its ports."""
     ports = ports or {"audiosocket": free_port(), "customer": free_port(), "agent": free_port()}
     workdir.mkdir(parents=True, exist_ok=True)
-    daemon = start_scripted_daemon(workdir, {"audiosocket": {
+    daemon = start_scripted_daemon(workdir, {**(overrides or {}), "audiosocket": {
         "port": ports["audiosocket"], "role_ports": {"customer": ports["customer"], "agent": ports["agent"]}}})
     return daemon, ports
+
+
+def ami_config(asterisk: Asterisk, **extra: object) -> dict:
+    """The daemon's ami section for this Asterisk (the shipped manager.conf user)."""
+    return {"ami": {"enabled": True, "port": asterisk.ami_port, "secret": AMI_SECRET, **extra}}
 
 
 def start_call(workdir: Path, asterisk: Asterisk, exten: str) -> Phone:

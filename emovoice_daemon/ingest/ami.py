@@ -1,0 +1,203 @@
+"""AMI (Asterisk Manager Interface) client: escalations into the PBX, calls bound to agents, listen-in.
+
+One asyncio TCP connection, logged in as ``ami.username``, reconnecting with back-off. It reads:
+
+- ``UserEvent`` ``EmoVoiceCall`` (extensions.conf ``[emovoice-call]``): ``Call`` is the call id on
+  ``Channel``, the customer's channel;
+- ``AgentConnect`` (app_queue): the queue member who answered that channel; the call is bound to
+  the agent id taken from ``MemberName`` (see ``agent_id``), and the member's channel is remembered;
+- ``Hangup``: the channel's call is forgotten.
+
+It writes ``Setvar EMOVOICE_ESCALATION=<role>:<severity|cleared>`` on the call's channel (AMI works on
+any channel, unlike ARI's variable call which needs the channel in Stasis; an ARI call's id is its
+channel's unique id, which AMI accepts as a channel) and ``Originate`` for supervisor listen-in.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from emovoice_daemon.config import AmiConfig, read_secret
+
+log = logging.getLogger(__name__)
+
+ESCALATION_VAR = "EMOVOICE_ESCALATION"
+CALL_EVENT = "EmoVoiceCall"
+ACTION_TIMEOUT_S = 10.0
+SPY_OPTIONS = {"listen": "qE", "whisper": "qwE"}  # q: no beep, E: end with the spied channel, w: talk to it
+
+
+class AmiError(RuntimeError):
+    """An action failed (refused, timed out, or no connection)."""
+
+
+@dataclass
+class CallChannels:
+    """The PBX channels of one call: the customer's, and the agent's once a queue member answered."""
+
+    customer: str
+    agent: str = ""
+
+
+def agent_id(member: str) -> str:
+    """The agent id of a queue member: its name, or for one named after its interface the resource up to
+    '@' or '/' (``PJSIP/1001`` -> ``1001``, ``Local/1001@agents/n`` -> ``1001``)."""
+    return re.split("[@/]", member.split("/", 1)[1])[0] if "/" in member else member
+
+
+def encode(fields: dict[str, str]) -> bytes:
+    return "".join(f"{k}: {v}\r\n" for k, v in fields.items()).encode() + b"\r\n"
+
+
+def decode(block: bytes) -> dict[str, str]:
+    """One AMI message (``Key: Value`` lines) as a dict; a repeated key keeps its last value."""
+    lines = block.decode("utf-8", "replace").split("\r\n")
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
+
+
+class AmiClient:
+    """The daemon's AMI connection; ``on_agent(call_id, agent)`` is called when a queue member answers."""
+
+    def __init__(self, cfg: AmiConfig, on_agent: Callable[[str, str], None]) -> None:
+        self.cfg, self.on_agent = cfg, on_agent
+        self.secret = read_secret(cfg.secret, cfg.secret_file, "EMOVOICE_AMI_SECRET")
+        self.calls: dict[str, CallChannels] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[dict[str, str]]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ami")
+
+    async def stop(self) -> None:
+        for task in [self._task, *self._jobs]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._task, *self._jobs] if t], return_exceptions=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
+    async def _run(self) -> None:
+        """Connect, log in, read; after any failure wait (0.5 s doubling to reconnect_max_s) and again."""
+        delay = 0.5
+        while True:
+            try:
+                await self._session()
+                delay = 0.5
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, AmiError) as exc:
+                log.warning("AMI %s:%d: %s; retrying in %.1f s", self.cfg.host, self.cfg.port, exc or "closed", delay)
+            finally:
+                self._ready.clear()
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(AmiError("connection lost"))
+                self._pending.clear()
+                if self._writer is not None:
+                    self._writer.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def _session(self) -> None:
+        reader, self._writer = await asyncio.open_connection(self.cfg.host, self.cfg.port)
+        banner = await reader.readline()
+        if not banner.startswith(b"Asterisk Call Manager/"):
+            raise AmiError(f"not an AMI server (banner {banner[:60]!r})")
+        reading = asyncio.create_task(self._read(reader))
+        try:
+            await self._send("Login", Username=self.cfg.username, Secret=self.secret, Events="call,agent,user")
+            self._ready.set()
+            log.info("AMI connected to %s:%d as %s", self.cfg.host, self.cfg.port, self.cfg.username)
+            await reading
+        finally:
+            reading.cancel()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            message = decode(await reader.readuntil(b"\r\n\r\n"))
+            future = self._pending.pop(message.get("ActionID", ""), None)
+            if "Response" in message and future is not None and not future.done():
+                future.set_result(message)
+            elif "Event" in message:
+                self._event(message)
+
+    async def _send(self, action: str, **fields: str) -> dict[str, str]:
+        """Send an action and wait for its response; AmiError if it is refused or times out."""
+        if self._writer is None or self._writer.is_closing():
+            raise AmiError("not connected")
+        action_id = str(next(self._ids))
+        future = self._pending[action_id] = asyncio.get_running_loop().create_future()
+        self._writer.write(encode({"Action": action, "ActionID": action_id, **fields}))
+        try:
+            reply = await asyncio.wait_for(future, ACTION_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self._pending.pop(action_id, None)
+            raise AmiError(f"{action}: no response in {ACTION_TIMEOUT_S:.0f} s") from None
+        if reply.get("Response") != "Success":
+            raise AmiError(f"{action} refused: {reply.get('Message', reply.get('Response'))}")
+        return reply
+
+    async def action(self, action: str, **fields: str) -> dict[str, str]:
+        """An action on the logged-in connection; AmiError when there is none."""
+        if not self.connected:
+            raise AmiError("not connected to AMI")
+        return await self._send(action, **fields)
+
+    def _event(self, event: dict[str, str]) -> None:
+        kind, channel = event["Event"], event.get("Channel", "")
+        if kind == "UserEvent" and event.get("UserEvent") == CALL_EVENT and event.get("Call") and channel:
+            self.calls[event["Call"]] = CallChannels(channel)
+        elif kind == "AgentConnect":
+            call_id = self._call_on(channel)
+            if call_id is not None:
+                self.calls[call_id].agent = event.get("DestChannel", "")
+                agent = agent_id(event.get("MemberName") or event.get("Interface", ""))
+                log.info("call %s answered by agent %s (queue %s)", call_id, agent, event.get("Queue", "?"))
+                self.on_agent(call_id, agent)
+        elif kind == "Hangup":
+            call_id = self._call_on(channel)
+            if call_id is not None:
+                del self.calls[call_id]
+
+    def _call_on(self, customer_channel: str) -> str | None:
+        return next((c for c, chans in self.calls.items() if chans.customer == customer_channel), None)
+
+    def on_escalation(self, event: dict[str, Any]) -> None:
+        """Bus hook: ``EMOVOICE_ESCALATION=<role>:<severity|cleared>`` on the call's channel."""
+        if not event["type"].startswith("escalation."):
+            return
+        state = event.get("severity", "raised") if event["type"] == "escalation.raised" else "cleared"
+        chans = self.calls.get(event["call_id"])
+        channel = chans.customer if chans else event["call_id"]  # an ARI call id is its channel's unique id
+        task = asyncio.create_task(self._set_escalation(channel, f"{event['role']}:{state}"))
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _set_escalation(self, channel: str, value: str) -> None:
+        try:
+            await self.action("Setvar", Channel=channel, Variable=ESCALATION_VAR, Value=value)
+            log.info("%s=%s set on %s", ESCALATION_VAR, value, channel)
+        except AmiError as exc:
+            log.warning("%s=%s not set on %s: %s", ESCALATION_VAR, value, channel, exc)
+
+    async def listen_in(self, call_id: str, supervisor: str, mode: str) -> str:
+        """Ring ``supervisor``'s phone (``ami.supervisors``) and connect it with ChanSpy to the call: ``listen``
+        hears the customer's channel (both parties), ``whisper`` spies on the agent's channel and talks to the
+        agent only. Returns the spied channel; KeyError for an unknown supervisor or call, AmiError otherwise."""
+        dial = self.cfg.supervisors[supervisor]
+        chans = self.calls[call_id]
+        target = chans.customer if mode == "listen" else chans.agent
+        if not target:
+            raise AmiError(f"no agent channel known for call {call_id} (whisper needs a queue call)")
+        await self.action("Originate", Channel=dial, Application="ChanSpy", Data=f"{target},{SPY_OPTIONS[mode]}",
+                          CallerID=f"EmoVoice {mode} <{supervisor}>", Timeout="30000", Async="true")
+        log.info("%s: %s on %s (call %s) via %s", supervisor, mode, target, call_id, dial)
+        return target

@@ -1,0 +1,60 @@
+"""The AMI client against a real Asterisk: EMOVOICE_ESCALATION reaches the call's channel, a queued call
+answered by agent 1001 shows its prompt on 1001's agent page (Chromium) with no manual bind, reconnects."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.conftest import running
+from tests.support.browser import Browser
+from tests.support.scripted_daemon import AGENT_TOKEN
+
+from .asterisk import Asterisk
+from .callflow import AGENT_VOICE, CALL_TIMEOUT_S, ami_config, start_call, start_pbx, tap_daemon
+from .phones import CALLER, agent_phone
+
+PROMPT = "document.querySelector('.prompt.alert .phrase')?.textContent"
+
+
+def channel_var(asterisk: Asterisk, prefix: str, name: str) -> str:
+    """A variable of the live channel whose name starts with ``prefix`` ('' if none)."""
+    channel = next((c for c in asterisk.channels() if c.startswith(prefix)), None)
+    lines = asterisk.cli(f"core show channel {channel}").splitlines() if channel else []
+    return next((line.split("=", 1)[1] for line in lines if line.strip().startswith(f"{name}=")), "")
+
+
+async def test_queued_call_escalation_sets_channel_variable_and_prompts_the_answering_agent(
+        tmp_path: Path, asterisk: Asterisk) -> None:
+    agent = agent_phone(tmp_path / "agent1001", AGENT_VOICE)
+    daemon, ports = tap_daemon(tmp_path / "daemon", overrides=ami_config(asterisk))  # up before the PBX: AMI retries
+    with running(daemon):
+        start_pbx(asterisk, ports, agent)
+        async with Browser() as page:
+            await page.goto(f"http://127.0.0.1:{daemon.api_port}/agent/#agent=1001&token={AGENT_TOKEN}")
+            await page.wait_for("document.getElementById('status').textContent === 'agent 1001'")
+            caller = start_call(tmp_path / "caller", asterisk, "100")
+            phrase = await page.wait_for(PROMPT, timeout=CALL_TIMEOUT_S, poll=0.2)
+            variable = await asyncio.to_thread(asterisk.wait, lambda: channel_var(
+                asterisk, f"PJSIP/{CALLER}-", "EMOVOICE_ESCALATION"), "EMOVOICE_ESCALATION on the caller's channel")
+        assert await asyncio.to_thread(caller.wait, CALL_TIMEOUT_S) == 0, caller.log()
+        events = daemon.wait_for(lambda evs: sum(e["type"] == "call.ended" for e in evs) == 2, timeout=60)
+    agent.stop()
+    assert "acknowledge" in phrase.lower()
+    assert variable == "customer:alert"
+    call_id = next(e["call_id"] for e in events if e["type"] == "call.started")
+    log = daemon.stderr_path.read_text()
+    assert f"call {call_id} answered by agent 1001 (queue support)" in log
+    assert "AMI connected" in log and "retrying" in log  # the daemon came up first and reconnected
+
+
+def test_ami_reconnects_after_asterisk_restarts(tmp_path: Path, asterisk: Asterisk) -> None:
+    agent = agent_phone(tmp_path / "agent1001", AGENT_VOICE)
+    daemon, ports = tap_daemon(tmp_path / "daemon", overrides=ami_config(asterisk, reconnect_max_s=1.0))
+    with running(daemon):
+        start_pbx(asterisk, ports, agent)
+        connects = lambda: daemon.stderr_path.read_text().count("AMI connected")  # noqa: E731
+        asterisk.wait(lambda: connects() == 1, "AMI connected", 30)
+        asterisk.stop()
+        start_pbx(asterisk, ports, agent)
+        asterisk.wait(lambda: connects() == 2, "AMI connected again after the restart", 30)
+    agent.stop()

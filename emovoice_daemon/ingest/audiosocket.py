@@ -13,10 +13,11 @@ import asyncio
 import enum
 import functools
 import ipaddress
+import itertools
 import logging
 import struct
 import uuid
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,10 +61,13 @@ class ProtocolError(Exception):
     """The peer broke the framing; the connection is closed."""
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     kind: Kind
     payload: bytes
+
+
+KINDS = {kind.value: kind for kind in Kind}
+AUDIO_KINDS = frozenset({Kind.AUDIO, *SLIN_RATES})
 
 
 def encode_frame(kind: Kind, payload: bytes = b"") -> bytes:
@@ -85,19 +89,23 @@ class FrameParser:
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add bytes; return the complete frames. Raises ProtocolError on a bad header."""
-        self._buf += data
+        buf = self._buf
+        buf += data
         frames = []
-        while len(self._buf) >= HEADER.size:
-            kind_byte, length = HEADER.unpack_from(self._buf)
-            if kind_byte not in Kind._value2member_map_:
+        pos, size = 0, len(buf)
+        while size - pos >= HEADER.size:
+            kind_byte, length = HEADER.unpack_from(buf, pos)
+            kind = KINDS.get(kind_byte)
+            if kind is None:
                 raise ProtocolError(f"unknown frame type 0x{kind_byte:02x}")
             if length > self.max_frame_bytes:
                 raise ProtocolError(f"frame length {length} over the limit of {self.max_frame_bytes}")
-            end = HEADER.size + length
-            if len(self._buf) < end:
+            end = pos + HEADER.size + length
+            if size < end:
                 break
-            frames.append(Frame(Kind(kind_byte), bytes(self._buf[HEADER.size:end])))
-            del self._buf[:end]
+            frames.append(Frame(kind, bytes(buf[pos + HEADER.size:end])))
+            pos = end
+        del buf[:pos]
         return frames
 
 
@@ -123,9 +131,16 @@ class AudioDecoder:
         pcm = np.frombuffer(frame.payload[: len(frame.payload) // 2 * 2], dtype="<i2")
         rate = SLIN_RATES.get(frame.kind, LEG_RATE)
         if rate == LEG_RATE:
-            return pcm.astype(np.int16)
+            return pcm if pcm.dtype == np.int16 else pcm.astype(np.int16)  # read-only view on little-endian hosts
         resampler = self._resamplers.setdefault(rate, StreamResampler(rate, LEG_RATE))
         return np.clip(np.rint(resampler.process(pcm)), -32768, 32767).astype(np.int16)
+
+    def decode_run(self, frames: list[Frame]) -> np.ndarray:
+        """Decode consecutive audio frames of one kind as one chunk: the samples that decoding each one gives."""
+        if len(frames) == 1:
+            return self.decode(frames[0])
+        width = 1 if frames[0].kind == Kind.AUDIO and self.payload_format != "slin" else 2
+        return self.decode(Frame(frames[0].kind, b"".join(f.payload[: len(f.payload) // width * width] for f in frames)))
 
 
 SILENCE_FRAME = encode_frame(Kind.AUDIO, bytes(320))
@@ -172,25 +187,37 @@ class Connection:
     async def _receive(self) -> str:
         """Read frames until the call ends; idle means no *complete* frame, so a byte-a-second peer times out too."""
         loop = asyncio.get_running_loop()
-        last_frame = loop.time()
-        while True:
-            try:
-                data = await asyncio.wait_for(self.reader.read(65536), last_frame + self.cfg.idle_timeout_s - loop.time())
-            except asyncio.TimeoutError:
-                log.info("audiosocket %s: no complete frame for %.1f s; closing", self.peer, self.cfg.idle_timeout_s)
-                return "idle_timeout"
-            if not data:
-                if self.parser.pending:
-                    log.warning("audiosocket %s: closed mid-frame (%d bytes dropped)", self.peer, self.parser.pending)
-                return "eof"
-            self._last_rx = loop.time()
-            frames = self.parser.feed(data)
-            if frames:
-                last_frame = self._last_rx
-            for frame in frames:
+        try:
+            async with asyncio.timeout(loop.time() + self.cfg.idle_timeout_s) as idle:  # one timer, moved per frame
+                while True:
+                    data = await self.reader.read(65536)
+                    if not data:
+                        if self.parser.pending:
+                            log.warning("audiosocket %s: closed mid-frame (%d bytes dropped)", self.peer,
+                                        self.parser.pending)
+                        return "eof"
+                    self._last_rx = loop.time()
+                    frames = self.parser.feed(data)
+                    if frames:
+                        idle.reschedule(self._last_rx + self.cfg.idle_timeout_s)
+                    reason = self._handle_all(frames)
+                    if reason:
+                        return reason
+        except TimeoutError:
+            log.info("audiosocket %s: no complete frame for %.1f s; closing", self.peer, self.cfg.idle_timeout_s)
+            return "idle_timeout"
+
+    def _handle_all(self, frames: list[Frame]) -> str | None:
+        """Act on the frames of one read: consecutive audio frames reach the leg as one chunk."""
+        for kind, run in itertools.groupby(frames, key=lambda f: f.kind):
+            if kind in AUDIO_KINDS and self.leg is not None:
+                self.leg.feed(self.decoder.decode_run(list(run)))
+                continue
+            for frame in run:
                 reason = self._handle(frame)
                 if reason:
                     return reason
+        return None
 
     def _handle(self, frame: Frame) -> str | None:
         """Act on one frame; returns an end reason when the call is over."""
@@ -205,12 +232,9 @@ class Connection:
             code = frame.payload[0] if frame.payload else 0
             log.warning("audiosocket %s: peer error 0x%02x (%s)", self.peer, code, ERROR_CODES.get(code, "application"))
             return "error"
-        if frame.kind == Kind.DTMF:
-            self.leg.dtmf(frame.payload[:1].decode("ascii", "replace"))
-        elif frame.kind == Kind.UUID:
+        if frame.kind == Kind.UUID:
             raise ProtocolError("second UUID frame on one connection")
-        else:
-            self.leg.feed(self.decoder.decode(frame))
+        self.leg.dtmf(frame.payload[:1].decode("ascii", "replace"))  # audio goes through _handle_all
         return None
 
     def _start(self, call_id: str) -> None:

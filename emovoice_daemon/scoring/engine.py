@@ -28,11 +28,12 @@ from emovoice_daemon.outputs import metrics
 from emovoice_daemon.scoring import streaming
 from emovoice_daemon.scoring.models.loader import Classifier
 from emovoice_daemon.scoring.resample import StreamResampler
-from emovoice_daemon.scoring.vad import voiced_ratio
+from emovoice_daemon.scoring.vad import FRAME_S, voiced_frames
 
 log = logging.getLogger(__name__)
 
 RATE = 8000
+VAD_FRAME = int(RATE * FRAME_S)
 MIN_FINAL_S = 1.0  # a leg too short for a full window is scored on close if it has this much
 
 
@@ -66,8 +67,9 @@ class Ring:
     def last(self, n: int) -> np.ndarray:
         """Copy of the newest ``n`` samples (n <= capacity and <= total)."""
         end = self.total % len(self.buf)
-        idx = np.arange(end - n, end) % len(self.buf)
-        return self.buf[idx]
+        if n <= end:
+            return self.buf[end - n : end].copy()
+        return np.concatenate((self.buf[len(self.buf) - (n - end) :], self.buf[:end]))
 
 
 @dataclass(eq=False)
@@ -89,7 +91,10 @@ class _Leg:
     pcm: Ring
     wave: Ring
     resampler: StreamResampler | None  # None when the model runs at 8 kHz
+    vad: Ring  # voiced flag of each 20 ms frame, newest last
     resampled: int = 0  # 8 kHz samples already passed to the resampler
+    pending: list[np.ndarray] = field(default_factory=list)  # pushed audio not yet in ``pcm``
+    pending_n: int = 0
     next_end: int = 0
     next_seq: int = 0
     delivered: int = 0
@@ -99,7 +104,7 @@ class _Leg:
     cache: streaming.LegCache = field(default_factory=streaming.LegCache)
 
     def nbytes(self) -> int:
-        return self.pcm.buf.nbytes + self.wave.buf.nbytes + self.cache.nbytes()
+        return self.pcm.buf.nbytes + self.wave.buf.nbytes + self.vad.buf.nbytes + self.cache.nbytes()
 
 
 class ScoringEngine:
@@ -155,20 +160,35 @@ class ScoringEngine:
         if leg_id in self._legs:
             raise ValueError(f"leg {leg_id} is already open")
         model_window = int(np.ceil(self.window * self.model_rate / RATE))
-        leg = _Leg(leg_id, on_result, Ring(self.window, np.int16), Ring(model_window, np.float32),
+        leg = _Leg(leg_id, on_result, Ring(self.window + VAD_FRAME, np.int16), Ring(model_window, np.float32),
                    StreamResampler(RATE, self.model_rate) if self.model_rate != RATE else None,
-                   next_end=self.window)
+                   Ring(self.window // VAD_FRAME + 1, bool), next_end=self.window)
         leg.idle.set()
         self._legs[leg_id] = leg
 
     def push(self, leg_id: str, pcm: np.ndarray) -> None:
-        """Append int16 8 kHz audio; every window it completes becomes due."""
+        """Append int16 8 kHz audio; every window it completes becomes due.
+
+        Chunks are only queued until a window is due, then copied into the leg's buffer at once:
+        the 20 ms path does no array work.
+        """
         leg = self._legs.get(leg_id)
         if leg is None:
             raise KeyError(f"push to leg {leg_id!r}, which is not open")
-        pcm = np.asarray(pcm)
-        if pcm.dtype != np.int16 or pcm.ndim != 1:
+        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
+            pcm = np.asarray(pcm)
             raise ValueError(f"leg audio must be 1-D int16 at 8 kHz, got {pcm.dtype} shape {pcm.shape}")
+        leg.pending.append(pcm)
+        leg.pending_n += len(pcm)
+        if leg.pcm.total + leg.pending_n >= leg.next_end:
+            self._take_pending(leg)
+
+    def _take_pending(self, leg: _Leg) -> None:
+        """Move the queued chunks into the leg's buffer, making each window they complete due."""
+        if not leg.pending:
+            return
+        pcm = leg.pending[0] if len(leg.pending) == 1 else np.concatenate(leg.pending)
+        leg.pending, leg.pending_n = [], 0
         while len(pcm):
             take = min(len(pcm), leg.next_end - leg.pcm.total)
             leg.pcm.write(pcm[:take])
@@ -182,6 +202,7 @@ class ScoringEngine:
         leg = self._legs.get(leg_id)
         if leg is None:
             return
+        self._take_pending(leg)
         if leg.next_seq == 0 and leg.pcm.total >= MIN_FINAL_S * RATE:
             self._window_due(leg, 0, leg.pcm.total)
         await leg.idle.wait()
@@ -196,7 +217,7 @@ class ScoringEngine:
         now = time.monotonic()
         seq, leg.next_seq = leg.next_seq, leg.next_seq + 1
         leg.idle.clear()
-        if voiced_ratio(leg.pcm.last(end - start), RATE, self.pipeline.vad_energy_dbfs) < self.pipeline.vad_min_voiced:
+        if self._voiced_share(leg, start, end) < self.pipeline.vad_min_voiced:
             self._finish(leg, seq, start, end, None, "silence", now)
             return
         n = min(leg.wave.total, int(round((end - start) * self.model_rate / RATE)))
@@ -211,6 +232,15 @@ class ScoringEngine:
             self._queue.append(window)
         leg.waiting = window
         self._arrived.set()
+
+    def _voiced_share(self, leg: _Leg, start: int, end: int) -> float:
+        """Share of voiced 20 ms frames in [start, end); each frame is judged once, on the leg's 20 ms grid."""
+        done = leg.vad.total * VAD_FRAME
+        upto = end // VAD_FRAME * VAD_FRAME
+        if upto > done:
+            leg.vad.write(voiced_frames(leg.pcm.last(end - done)[: upto - done], RATE, self.pipeline.vad_energy_dbfs))
+        frames = min((end - start) // VAD_FRAME, leg.vad.total)
+        return float(np.mean(leg.vad.last(frames))) if frames else 0.0
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -29,7 +29,12 @@ def zero_crossing_rate(pcm: np.ndarray, rate: int) -> np.ndarray:
     return np.count_nonzero(signs[:, 1:] != signs[:, :-1], axis=1) / max(signs.shape[1] - 1, 1)
 
 
+def voiced_frames(pcm: np.ndarray, rate: int, energy_dbfs: float) -> np.ndarray:
+    """Per 20 ms frame: loud enough and not noise-like."""
+    return (frame_dbfs(pcm, rate) > energy_dbfs) & (zero_crossing_rate(pcm, rate) <= MAX_ZCR)
+
+
 def voiced_ratio(pcm: np.ndarray, rate: int, energy_dbfs: float) -> float:
-    """Share of 20 ms frames that are loud enough and not noise-like; 0 for less than one frame."""
-    voiced = (frame_dbfs(pcm, rate) > energy_dbfs) & (zero_crossing_rate(pcm, rate) <= MAX_ZCR)
+    """Share of 20 ms frames that are voiced; 0 for less than one frame."""
+    voiced = voiced_frames(pcm, rate, energy_dbfs)
     return float(np.mean(voiced)) if len(voiced) else 0.0

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emovoice_daemon.ingest.audiosocket import AudioDecoder, FrameParser, Kind, ProtocolError, encode_frame, parse_uuid
+from emovoice_daemon.ingest.audiosocket import (AudioDecoder, Frame, FrameParser, Kind, ProtocolError, encode_frame,
+                                                 parse_uuid)
 from emovoice_daemon.tools.simulate import audiosocket_frames
 from tests.conftest import shared_path
 
@@ -86,6 +87,17 @@ def test_externalmedia_ulaw_payload_decodes_with_configured_format() -> None:
     as_ulaw = np.concatenate([AudioDecoder("ulaw").decode(f) for f in audio])
     assert len(as_ulaw) == 2 * len(as_slin)
     assert np.abs(as_ulaw).max() > 4000 and np.abs(as_ulaw).max() < 32768
+
+
+@pytest.mark.parametrize("fmt, kind", [("slin", Kind.AUDIO), ("ulaw", Kind.AUDIO), ("slin", Kind.SLIN16)])
+def test_a_run_of_frames_decodes_to_the_samples_of_its_frames_one_by_one(fmt: str, kind: Kind) -> None:
+    """Frames coalesced in one read reach the leg as one chunk: the same samples, odd bytes dropped per frame."""
+    rng = np.random.default_rng(1)
+    frames = [Frame(kind, rng.integers(0, 256, n, dtype=np.uint8).tobytes()) for n in (320, 7, 320, 161, 320)]
+    decoder = AudioDecoder(fmt)
+    one_by_one = np.concatenate([decoder.decode(f) for f in frames])
+    as_run = AudioDecoder(fmt).decode_run(frames)
+    assert as_run.dtype == np.int16 and np.array_equal(as_run, one_by_one)
 
 
 def test_simulator_frames_are_byte_faithful_to_asterisk() -> None:

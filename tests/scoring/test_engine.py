@@ -11,6 +11,7 @@ from emovoice_daemon.config import EngineConfig, PipelineConfig
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.scoring.engine import ScoringEngine, WindowResult
 from emovoice_daemon.scoring.models.loader import Classifier
+from emovoice_daemon.scoring.vad import voiced_ratio
 
 from .conftest import FakeClassifier, ramp, tiny_hubert
 
@@ -110,6 +111,20 @@ async def test_silence_and_noise_are_skipped_without_the_model(fake: FakeClassif
     for got in results.values():
         assert len(got) == 3 and all(r.skipped == "silence" and r.probs is None for r in got)
     assert fake.batches == []
+
+
+async def test_speech_gate_judges_each_window_as_voiced_ratio_does(fake: FakeClassifier) -> None:
+    """Frames are judged once and reused by the overlapping windows: same decisions as the whole window's ratio."""
+    rng = np.random.default_rng(3)
+    t = np.arange(160) / 8000
+    voiced = (np.sin(2 * np.pi * 180 * t) * 8000).astype(np.int16)
+    audio = np.concatenate([voiced if rng.random() < 0.22 else np.zeros(160, np.int16) for _ in range(600)])
+    pipe = PipelineConfig(window_s=0.5, hop_s=0.1, vad_min_voiced=0.2)
+    results = (await run_engine(fake, pipe, EngineConfig(), {"c:mixed": audio}))["c:mixed"]
+    expected = [voiced_ratio(audio[int(r.start_s * 8000):int(r.end_s * 8000)], 8000, pipe.vad_energy_dbfs) < 0.2
+                for r in results]
+    assert len(results) == 116 and 10 < sum(expected) < 106
+    assert [r.skipped == "silence" for r in results] == expected
 
 
 async def test_short_call_gets_one_partial_window_on_close(fake: FakeClassifier) -> None:

@@ -117,6 +117,8 @@ class ModelConfig:
     threads: int = _f(2, positive, "CPU threads for inference")
     quantize_int8: bool = _f(False, doc="int8 dynamic quantisation of linear layers (CPU)")
     label_map: dict[str, str] = _f({}, doc="model label -> NEGATIVE/NEUTRAL/POSITIVE")
+    adapt: bool = _f(True, doc="encoder models: standardise features by the site's and the leg's statistics")
+    site_stats_path: str = _f("emovoice-site-stats.npz", doc="where the site statistics persist ('' = not kept)")
 
 
 @dataclass

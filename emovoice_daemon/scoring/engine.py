@@ -116,6 +116,7 @@ class ScoringEngine:
         self.hop = int(round(pipeline.hop_s * RATE))
         self.model_rate = classifier.sampling_rate
         self.frontend = self._streaming_front_end() if cfg.streaming and streaming.supports(classifier) else None
+        self.adapter = getattr(classifier, "adapter", None)  # the line's statistics (encoder models)
         self._legs: dict[str, _Leg] = {}
         self._queue: deque[_Window] = deque()
         self._arrived = asyncio.Event()
@@ -207,6 +208,8 @@ class ScoringEngine:
             self._window_due(leg, 0, leg.pcm.total)
         await leg.idle.wait()
         del self._legs[leg_id]
+        if self.adapter is not None:
+            self.adapter.close_leg(leg_id)
 
     def _window_due(self, leg: _Leg, start: int, end: int) -> None:
         new = leg.pcm.last(end - leg.resampled)
@@ -290,7 +293,11 @@ class ScoringEngine:
         for i, w in enumerate(batch):
             by_length.setdefault(len(w.audio), []).append(i)
         for idx in by_length.values():
-            probs[idx] = self.classifier.predict(np.stack([batch[i].audio for i in idx]))
+            audio = np.stack([batch[i].audio for i in idx])
+            if self.adapter is not None:
+                probs[idx] = self.classifier.predict(audio, [batch[i].leg.leg_id for i in idx])
+            else:
+                probs[idx] = self.classifier.predict(audio)
         return probs
 
     def _finish(self, leg: _Leg, seq: int, start: int, end: int, probs: np.ndarray | None,

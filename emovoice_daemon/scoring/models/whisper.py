@@ -1,0 +1,177 @@
+"""Caller emotion from a frozen Whisper encoder on the daemon's short window.
+
+Short window: the log-mel of the window only, Whisper's positional embeddings sliced to its frames (no 30 s
+padding), and only the first ``encoder_layers`` blocks run (the rest are dropped at load). Per chosen hidden
+state, the time mean and standard deviation are pooled, standardised (``feature_mean``/``feature_std``:
+the training site's statistics, replaced in the daemon by the line's own, :mod:`emovoice_daemon.scoring.adaptation`)
+and classified by a small head.
+
+The exported directory holds only the head (a few MB). The encoder comes from ``config.encoder``: a local
+Whisper checkpoint directory (the one ``emovoice-daemon fetch-encoder`` converts, or a hub snapshot of
+``openai/whisper-base``), given as a path or as a name under ``$EMOVOICE_MODELS_DIR``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import AutoConfig, AutoModelForAudioClassification, PretrainedConfig, PreTrainedModel, WhisperConfig
+from transformers.audio_utils import mel_filter_bank
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from emovoice_daemon.scoring.models.compact import LABELS
+from emovoice_daemon.scoring.models.whisper_import import ENCODER_NAME, models_dir
+
+SAMPLING_RATE = 16000
+N_FFT, HOP = 400, 160
+
+
+class EncoderMissing(FileNotFoundError):
+    """The Whisper checkpoint a model needs is not on this machine."""
+
+
+class LogMel(nn.Module):
+    """Whisper's log-mel front-end (as ``WhisperFeatureExtractor``), batched, on the window itself."""
+
+    def __init__(self, n_mels: int = 80) -> None:
+        super().__init__()
+        fb = mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
+                             max_frequency=SAMPLING_RATE / 2, sampling_rate=SAMPLING_RATE, norm="slaney", mel_scale="slaney")
+        # Persistent (saved with the head): transformers materialises unsaved buffers uninitialised.
+        self.register_buffer("filters", torch.from_numpy(fb).float().T.contiguous())
+        self.register_buffer("window", torch.hann_window(N_FFT))
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """float[B, T] at 16 kHz -> float[B, n_mels, T // 160]."""
+        spec = torch.stft(wave.float(), N_FFT, HOP, window=self.window, return_complex=True)[..., :-1].abs() ** 2
+        logmel = torch.clamp(self.filters @ spec, min=1e-10).log10()
+        logmel = torch.maximum(logmel, logmel.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return (logmel + 4.0) / 4.0
+
+
+def encoder_states(encoder: WhisperEncoder, mel: torch.Tensor, layers: int) -> list[torch.Tensor]:
+    """Hidden states ``[input embedding, block 1, ..., block layers]`` (each float[B, frames / 2, d_model])
+    of a ``WhisperEncoder`` on a short log-mel input; blocks past ``layers`` are not run."""
+    x = nn.functional.gelu(encoder.conv1(mel.to(encoder.conv1.weight.dtype)))
+    x = nn.functional.gelu(encoder.conv2(x)).transpose(1, 2)
+    limit = encoder.embed_positions.weight.shape[0]
+    if x.shape[1] > limit:
+        raise ValueError(f"a window of {x.shape[1]} encoder frames exceeds Whisper's {limit} (30 s)")
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    states = [x]
+    for block in encoder.layers[:layers]:
+        x = block(x, attention_mask=None)
+        states.append(x)
+    return states
+
+
+def pooled_states(states: list[torch.Tensor]) -> torch.Tensor:
+    """Per hidden state, time mean and standard deviation: float[B, len(states), 2, d_model]."""
+    h = torch.stack(states, dim=1).float()
+    return torch.stack([h.mean(dim=2), h.std(dim=2, unbiased=False)], dim=2)
+
+
+def resolve_encoder(name: str) -> Path:
+    """An existing directory as given, else ``name`` under the models directory."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    candidate = models_dir() / name
+    if candidate.is_dir():
+        return candidate
+    raise EncoderMissing(
+        f"Whisper checkpoint {name!r} not found (looked in {path} and {candidate}); "
+        "run `emovoice-daemon fetch-encoder` (./dev does it) or set EMOVOICE_MODELS_DIR"
+    )
+
+
+@strict(accept_kwargs=True)
+class EmoVoiceWhisperConfig(PretrainedConfig):
+    """Which encoder and which of its hidden states feed the head, and the head's shape."""
+
+    model_type = "emovoice-whisper"
+
+    encoder: str = ENCODER_NAME
+    whisper: dict | None = None  # the encoder's WhisperConfig (so the head directory alone builds the model)
+    encoder_layers: int = 3  # blocks run; the rest are dropped
+    layers: list[int] | tuple[int, ...] = (2, 3)  # hidden-state indices pooled (0 = input embedding)
+    head_hidden: int = 0  # 0: a linear head; otherwise one hidden ReLU layer of this width
+    sampling_rate: int = SAMPLING_RATE
+    do_normalize: bool = False
+    temperature: float = 1.0
+
+    def __post_init__(self, **kwargs) -> None:
+        if self.id2label is None:
+            self.id2label = dict(enumerate(LABELS))
+            self.label2id = {name: i for i, name in enumerate(LABELS)}
+        self.layers = [int(i) for i in self.layers]
+        self.temperature = float(self.temperature)
+        super().__post_init__(**kwargs)
+
+    @property
+    def feature_size(self) -> int:
+        return len(self.layers) * 2 * int((self.whisper or {}).get("d_model", 512))
+
+
+class EmoVoiceWhisperForAudioClassification(PreTrainedModel):
+    """Frozen short-window Whisper encoder, pooled hidden states, standardisation, head."""
+
+    config_class = EmoVoiceWhisperConfig
+    main_input_name = "input_values"
+    _keys_to_ignore_on_load_missing = [r"^encoder\."]
+
+    def __init__(self, config: EmoVoiceWhisperConfig) -> None:
+        super().__init__(config)
+        whisper = WhisperConfig(**{**(config.whisper or {}), "encoder_layers": config.encoder_layers})
+        self.mel = LogMel(whisper.num_mel_bins)
+        self.encoder = WhisperEncoder(whisper)
+        size = config.feature_size
+        self.register_buffer("feature_mean", torch.zeros(size))
+        self.register_buffer("feature_std", torch.ones(size))
+        hidden = config.head_hidden
+        self.head = (nn.Sequential(nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, config.num_labels))
+                     if hidden else nn.Linear(size, config.num_labels))
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, path, *args, **kwargs):  # noqa: ANN001, ANN206 (transformers' signature)
+        """The head from ``path``, the encoder's first ``encoder_layers`` blocks from ``config.encoder``."""
+        model = super().from_pretrained(path, *args, **kwargs)
+        model.load_encoder(resolve_encoder(model.config.encoder))
+        return model
+
+    def load_encoder(self, path: Path) -> None:
+        """Copy the encoder weights (blocks beyond ``encoder_layers`` are skipped) from a Whisper checkpoint."""
+        from transformers import WhisperModel
+
+        source = WhisperModel.from_pretrained(str(path), dtype=torch.float32).encoder
+        source.layers = source.layers[: self.config.encoder_layers]
+        self.encoder.load_state_dict(source.state_dict())
+        self.encoder.requires_grad_(False)
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """What the exported directory stores: everything but the encoder."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+    def pooled_features(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Unnormalised head input, float[B, feature_size], for 16 kHz windows."""
+        states = encoder_states(self.encoder, self.mel(input_values), self.config.encoder_layers)
+        return pooled_states([states[i] for i in self.config.layers]).flatten(1)
+
+    def classify(self, normalised: torch.Tensor) -> torch.Tensor:
+        """Logits from standardised features."""
+        return self.head(normalised.to(self.feature_mean.dtype))
+
+    def forward(self, input_values: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        """Logits with the training site's standardisation (the daemon substitutes the line's own)."""
+        feats = self.pooled_features(input_values)
+        logits = self.classify((feats - self.feature_mean) / self.feature_std)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+AutoConfig.register(EmoVoiceWhisperConfig.model_type, EmoVoiceWhisperConfig)
+AutoModelForAudioClassification.register(EmoVoiceWhisperConfig, EmoVoiceWhisperForAudioClassification)

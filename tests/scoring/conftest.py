@@ -13,6 +13,7 @@ import torch
 from transformers import HubertConfig, HubertForSequenceClassification, Wav2Vec2FeatureExtractor
 
 from emovoice_daemon.scoring.resample import resample
+from emovoice_daemon.tools.demo import bundled_calls
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 
@@ -79,7 +80,8 @@ def read_8k(path: Path) -> np.ndarray:
 
 
 def real_speech() -> list[tuple[str, np.ndarray]]:
-    """(name, 8 kHz int16) for the shared recordings: the Asterisk source and 24 CREMA-D clips joined per actor."""
+    """(name, 8 kHz int16) for the shared recordings: the Asterisk source and 24 CREMA-D clips joined per actor;
+    without ../shared, the demo's two calls (CREMA-D clips bundled in the package)."""
     out = []
     source = SHARED / "asterisk" / "source_speech_8k.wav"
     if source.exists():
@@ -89,6 +91,6 @@ def real_speech() -> list[tuple[str, np.ndarray]]:
         clips = sorted(cremad.glob(f"{actor}_*.flac"))[:6]
         if clips:
             out.append((f"cremad actor {actor}", np.concatenate([read_8k(c) for c in clips])))
-    return out
+    return out or [(f"demo call {c.name}", c.audio) for c in bundled_calls()]
 
 

@@ -6,7 +6,9 @@ One asyncio TCP connection, logged in as ``ami.username``, reconnecting with bac
   ``Channel``, the customer's channel;
 - ``AgentConnect`` (app_queue): the queue member who answered that channel; the call is bound to
   the agent id taken from ``MemberName`` (see ``agent_id``), and the member's channel is remembered;
-- ``Hangup``: the channel's call is forgotten.
+- ``Hangup``: the channel's call is forgotten;
+- after each (re)connect, ``Status`` of the live channels with their ``EMOVOICE_CALL`` and
+  ``EMOVOICE_CUSTOMER`` variables, so calls that began while it was disconnected are known too.
 
 It writes ``Setvar EMOVOICE_ESCALATION=<role>:<severity|cleared>`` on the call's channel (AMI works on
 any channel, unlike ARI's variable call which needs the channel in Stasis; an ARI call's id is its
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ESCALATION_VAR = "EMOVOICE_ESCALATION"
 CALL_EVENT = "EmoVoiceCall"
+CALL_VAR, CUSTOMER_VAR = "EMOVOICE_CALL", "EMOVOICE_CUSTOMER"  # set by extensions.conf [emovoice-call]
 ACTION_TIMEOUT_S = 10.0
 SPY_OPTIONS = {"listen": "qE", "whisper": "qwE"}  # q: no beep, E: end with the spied channel, w: talk to it
 
@@ -54,9 +57,16 @@ def encode(fields: dict[str, str]) -> bytes:
 
 
 def decode(block: bytes) -> dict[str, str]:
-    """One AMI message (``Key: Value`` lines) as a dict; a repeated key keeps its last value."""
-    lines = block.decode("utf-8", "replace").split("\r\n")
-    return dict(line.split(": ", 1) for line in lines if ": " in line)
+    """One AMI message (``Key: Value`` lines) as a dict; ``Variable: NAME=VALUE`` lines become key
+    ``Variable:NAME``; another repeated key keeps its last value."""
+    message = {}
+    for line in block.decode("utf-8", "replace").split("\r\n"):
+        key, sep, value = line.partition(": ")
+        if sep and key == "Variable" and "=" in value:
+            key, value = f"Variable:{value.split('=', 1)[0]}", value.split("=", 1)[1]
+        if sep:
+            message[key] = value
+    return message
 
 
 class AmiClient:
@@ -72,6 +82,7 @@ class AmiClient:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        self._listed: set[str] = set()  # calls seen in the current Status listing
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ami")
@@ -114,6 +125,8 @@ class AmiClient:
         reading = asyncio.create_task(self._read(reader))
         try:
             await self._send("Login", Username=self.cfg.username, Secret=self.secret, Events="call,agent,user")
+            self._listed = set()
+            await self._send("Status", Variables=f"{CALL_VAR},{CUSTOMER_VAR}")
             self._ready.set()
             log.info("AMI connected to %s:%d as %s", self.cfg.host, self.cfg.port, self.cfg.username)
             await reading
@@ -155,6 +168,7 @@ class AmiClient:
         kind, channel = event["Event"], event.get("Channel", "")
         if kind == "UserEvent" and event.get("UserEvent") == CALL_EVENT and event.get("Call") and channel:
             self.calls[event["Call"]] = CallChannels(channel)
+            self._listed.add(event["Call"])
         elif kind == "AgentConnect":
             call_id = self._call_on(channel)
             if call_id is not None:
@@ -166,6 +180,12 @@ class AmiClient:
             call_id = self._call_on(channel)
             if call_id is not None:
                 del self.calls[call_id]
+        elif kind == "Status" and channel and event.get(f"Variable:{CUSTOMER_VAR}") == channel:
+            call_id = event.get(f"Variable:{CALL_VAR}", "")
+            self.calls.setdefault(call_id, CallChannels(channel))
+            self._listed.add(call_id)
+        elif kind == "StatusComplete":  # calls that ended while disconnected
+            self.calls = {c: chans for c, chans in self.calls.items() if c in self._listed}
 
     def _call_on(self, customer_channel: str) -> str | None:
         return next((c for c, chans in self.calls.items() if chans.customer == customer_channel), None)

@@ -4,7 +4,9 @@ One row per call (both legs of a separated call on the same row): call id, agent
 duration, current class and probability per leg, a sparkline of NEGATIVE over the last
 minute, escalation state (alerts highlighted). The header shows daemon health (legs,
 scoring lag, device, CPU load). Keys: ``n`` NEGATIVE, ``d`` duration, ``s`` state,
-``c`` call id (sort), ``q`` quit. Reconnects with back-off when the daemon restarts.
+``c`` call id (sort), ``j``/``k`` or arrows select a call, ``l`` listen in / ``w`` whisper to the
+agent on the selected call (rings the phone of ``--supervisor``, see ``POST /calls/{id}/listen``),
+``q`` quit. Reconnects with back-off when the daemon restarts.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import termios
 import time
@@ -36,6 +39,8 @@ ENDED_VISIBLE_S = 5.0
 LAG_WINDOW = 50
 SEVERITY_RANK = {"": 0, "watch": 1, "alert": 2}
 SORTS = {"n": "NEGATIVE", "d": "duration", "s": "state", "c": "call id"}
+LISTEN_KEYS = {"l": "listen", "w": "whisper"}
+MOVES = {"j": 1, "\x1b[B": 1, "k": -1, "\x1b[A": -1}
 
 
 @dataclass
@@ -82,6 +87,8 @@ class TopState:
         self.connected = False
         self.status = "connecting..."
         self.sort = "s"
+        self.selected: str | None = None
+        self.message = ""
 
     def seed(self, calls: list[dict[str, Any]]) -> None:
         """Live calls from ``GET /calls?live=1`` (their meta and start time), after a (re)connect."""
@@ -122,6 +129,14 @@ class TopState:
         """Drop calls that ended more than ENDED_VISIBLE_S ago."""
         for call_id in [c.call_id for c in self.calls.values() if c.ended and now - c.ended > ENDED_VISIBLE_S]:
             del self.calls[call_id]
+
+    def move(self, step: int) -> None:
+        """Select the next (step 1) or previous (-1) row; the first row when none is selected."""
+        ids = [c.call_id for c in self.rows()]
+        if not ids:
+            return
+        at = ids.index(self.selected) + step if self.selected in ids else 0
+        self.selected = ids[max(0, min(len(ids) - 1, at))]
 
     def rows(self) -> list[CallView]:
         keys = {"n": lambda c: -c.negative, "d": lambda c: c.started, "c": lambda c: c.call_id,
@@ -167,22 +182,24 @@ def render(state: TopState, now: float) -> Group:
         f"   lag p50 {lag:.0f} ms   device {h.get('device', '-')}"
         f"   load {h.get('cpu_load', '-')}/{h.get('cpus', '-')} CPU   model {h.get('model', {}).get('name', '-')}")
     table = Table(expand=True, header_style="bold", pad_edge=False)
-    for name, width in (("call", 8), ("agent", 5), ("caller", 6), ("time", 5), ("class", 17),
+    for name, width in (("call", 9), ("agent", 5), ("caller", 6), ("time", 5), ("class", 17),
                         ("NEGATIVE (last 60 s)", SPARK_WIDTH + 5), ("state", 5)):
         table.add_column(name, no_wrap=True, min_width=width)
     for call in state.rows():
         legs = sorted(call.legs.values(), key=lambda leg: leg.role)
         end = call.ended or now
         style = {"alert": "bold white on red", "watch": "black on yellow"}.get(call.severity, "")
+        marker = "▶" if call.call_id == state.selected else " "
         table.add_row(
-            call.call_id[:8], str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
+            marker + call.call_id[:8], str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
             _duration(end - call.started),
             "\n".join(_tagged(leg.role, f"{leg.label} {leg.prob:.2f}") for leg in legs),
             "\n".join(_tagged(leg.role, sparkline(leg.negatives)) for leg in legs),
             "ended" if call.ended else (call.severity.upper() or "ok"),
             style="dim" if call.ended else style)
     keys = "  ".join(f"[{k}] {v}{' ◀' if k == state.sort else ''}" for k, v in SORTS.items())
-    return Group(header, table, Text(f"sort: {keys}   [q] quit", style="dim"))
+    help_ = f"sort: {keys}   [j/k] select  [l] listen  [w] whisper   [q] quit"
+    return Group(header, table, Text(help_, style="dim"), Text(state.message))
 
 
 class TopClient:
@@ -225,6 +242,22 @@ class TopClient:
                 raise ValueError("the daemon rejected the token (401)")
             return await resp.json() if resp.status == 200 else None
 
+    async def listen(self, call_id: str, supervisor: str, mode: str) -> None:
+        """Ask the daemon to ring ``supervisor``'s phone into the call; the outcome goes to the message line."""
+        self.state.message = f"{mode}: ringing {supervisor}'s phone for call {call_id[:8]}..."
+        try:
+            async with aiohttp.ClientSession(headers=self.headers, timeout=aiohttp.ClientTimeout(total=15)) as s:
+                async with s.post(f"{self.url}/calls/{call_id}/listen",
+                                  json={"supervisor": supervisor, "mode": mode}) as resp:
+                    body = await resp.json(content_type=None) or {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            self.state.message = f"{mode} failed: {type(exc).__name__}"
+            return
+        if resp.status == 200:
+            self.state.message = f"{mode}: {supervisor}'s phone rings, connected to {body['channel']}"
+        else:
+            self.state.message = f"{mode} failed ({resp.status}): {body.get('error', '')}"
+
     async def _poll_health(self, s: aiohttp.ClientSession) -> None:
         while True:
             await asyncio.sleep(2.0)
@@ -245,19 +278,36 @@ def cbreak() -> Iterator[bool]:
         termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
 
 
-async def top(url: str, token: str, refresh_s: float) -> None:
+async def top(url: str, token: str, refresh_s: float, supervisor: str = "") -> None:
     state = TopState()
     quit_ = asyncio.Event()
     loop = asyncio.get_running_loop()
+    client = TopClient(url, token, state)
+    jobs: set[asyncio.Task[None]] = set()
 
     def on_key() -> None:
-        key = os.read(sys.stdin.fileno(), 32).decode(errors="ignore")[-1:].lower()
-        if key == "q":
-            quit_.set()
-        elif key in SORTS:
-            state.sort = key
+        for key in re.findall(r"\x1b\[[A-D]|[^\x1b]", os.read(sys.stdin.fileno(), 32).decode(errors="ignore")):
+            key = key if key in MOVES else key.lower()
+            if key in MOVES:
+                state.move(MOVES[key])
+            elif key == "q":
+                quit_.set()
+            elif key in SORTS:
+                state.sort = key
+            elif key in LISTEN_KEYS:
+                listen(LISTEN_KEYS[key])
 
-    client = asyncio.create_task(TopClient(url, token, state).run())
+    def listen(mode: str) -> None:
+        if not supervisor:
+            state.message = "listen-in needs emovoice-top --supervisor NAME (a name in the daemon's ami.supervisors)"
+        elif state.selected is None:
+            state.message = "select a call first (j/k)"
+        else:
+            job = asyncio.create_task(client.listen(state.selected, supervisor, mode))
+            jobs.add(job)
+            job.add_done_callback(jobs.discard)
+
+    runner = asyncio.create_task(client.run())
     with cbreak() as keys, Live(render(state, time.time()), console=Console(), screen=True,
                                 auto_refresh=False) as live:
         if keys:
@@ -269,7 +319,7 @@ async def top(url: str, token: str, refresh_s: float) -> None:
                 await asyncio.wait_for(quit_.wait(), refresh_s)
         if keys:
             loop.remove_reader(sys.stdin.fileno())
-    client.cancel()
+    runner.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,12 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default="", help="API token (or --token-file / $EMOVOICE_API_TOKEN)")
     parser.add_argument("--token-file", default="")
     parser.add_argument("--refresh", type=float, default=0.5, help="screen refresh interval, seconds")
+    parser.add_argument("--supervisor", default="", help="your name in the daemon's ami.supervisors: l/w ring your phone")
     args = parser.parse_args(argv)
     token = args.token or read_secret("", args.token_file, "EMOVOICE_API_TOKEN")
     if not token:
         parser.error("an API token is needed: --token, --token-file or $EMOVOICE_API_TOKEN")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(top(args.url, token, args.refresh))
+        asyncio.run(top(args.url, token, args.refresh, args.supervisor))
     return 0
 
 

@@ -52,7 +52,12 @@ def tap_daemon(workdir: Path, ports: dict[str, int] | None = None,
 
 def ami_config(asterisk: Asterisk, **extra: object) -> dict:
     """The daemon's ami section for this Asterisk (the shipped manager.conf user)."""
-    return {"ami": {"enabled": True, "port": asterisk.ami_port, "secret": AMI_SECRET, **extra}}
+    return {"ami": {"enabled": True, "port": asterisk.ami_port, "secret": AMI_SECRET, "reconnect_max_s": 1.0, **extra}}
+
+
+def ami_connects(daemon: DaemonProcess) -> int:
+    """How often the daemon has logged in to AMI so far."""
+    return daemon.stderr_path.read_text().count("AMI connected")
 
 
 def start_call(workdir: Path, asterisk: Asterisk, exten: str) -> Phone:

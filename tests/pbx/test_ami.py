@@ -10,7 +10,7 @@ from tests.support.browser import Browser
 from tests.support.scripted_daemon import AGENT_TOKEN
 
 from .asterisk import Asterisk
-from .callflow import AGENT_VOICE, CALL_TIMEOUT_S, ami_config, start_call, start_pbx, tap_daemon
+from .callflow import AGENT_VOICE, CALL_TIMEOUT_S, ami_config, ami_connects, start_call, start_pbx, tap_daemon
 from .phones import CALLER, agent_phone
 
 PROMPT = "document.querySelector('.prompt.alert .phrase')?.textContent"
@@ -29,6 +29,7 @@ async def test_queued_call_escalation_sets_channel_variable_and_prompts_the_answ
     daemon, ports = tap_daemon(tmp_path / "daemon", overrides=ami_config(asterisk))  # up before the PBX: AMI retries
     with running(daemon):
         start_pbx(asterisk, ports, agent)
+        await asyncio.to_thread(asterisk.wait, lambda: ami_connects(daemon), "AMI connected")
         async with Browser() as page:
             await page.goto(f"http://127.0.0.1:{daemon.api_port}/agent/#agent=1001&token={AGENT_TOKEN}")
             await page.wait_for("document.getElementById('status').textContent === 'agent 1001'")
@@ -49,12 +50,11 @@ async def test_queued_call_escalation_sets_channel_variable_and_prompts_the_answ
 
 def test_ami_reconnects_after_asterisk_restarts(tmp_path: Path, asterisk: Asterisk) -> None:
     agent = agent_phone(tmp_path / "agent1001", AGENT_VOICE)
-    daemon, ports = tap_daemon(tmp_path / "daemon", overrides=ami_config(asterisk, reconnect_max_s=1.0))
+    daemon, ports = tap_daemon(tmp_path / "daemon", overrides=ami_config(asterisk))
     with running(daemon):
         start_pbx(asterisk, ports, agent)
-        connects = lambda: daemon.stderr_path.read_text().count("AMI connected")  # noqa: E731
-        asterisk.wait(lambda: connects() == 1, "AMI connected", 30)
+        asterisk.wait(lambda: ami_connects(daemon) == 1, "AMI connected", 30)
         asterisk.stop()
         start_pbx(asterisk, ports, agent)
-        asterisk.wait(lambda: connects() == 2, "AMI connected again after the restart", 30)
+        asterisk.wait(lambda: ami_connects(daemon) == 2, "AMI connected again after the restart", 30)
     agent.stop()

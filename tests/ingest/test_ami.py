@@ -1,9 +1,12 @@
-"""AMI client helpers (the client itself is tested against a real Asterisk in tests/pbx/test_ami.py)."""
+"""AMI client: wire format, agent ids, and the client against a fake AMI server (the real Asterisk: tests/pbx)."""
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
-from emovoice_daemon.ingest.ami import agent_id, decode, encode
+from emovoice_daemon.config import AmiConfig
+from emovoice_daemon.ingest.ami import AmiClient, agent_id, decode, encode
 
 
 @pytest.mark.parametrize(("member", "agent"), [("1001", "1001"), ("Agent Smith", "Agent Smith"),
@@ -17,3 +20,65 @@ def test_messages_round_trip_and_values_may_hold_colons() -> None:
     wire = encode({"Action": "Setvar", "Channel": "PJSIP/5551234-00000001", "Value": "customer:alert"})
     assert wire.endswith(b"\r\n\r\n")
     assert decode(wire) == {"Action": "Setvar", "Channel": "PJSIP/5551234-00000001", "Value": "customer:alert"}
+
+
+class FakeAmi:
+    """An AMI server speaking the wire protocol: accepts the login, answers Status with one live call whose
+    UserEvent the client missed, records every action, and lets the test send events."""
+
+    def __init__(self) -> None:
+        self.actions: list[dict[str, str]] = []
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        writer.write(b"Asterisk Call Manager/11.0.0\r\n")
+        while True:
+            action = decode(await reader.readuntil(b"\r\n\r\n"))
+            self.actions.append(action)
+            writer.write(encode({"Response": "Success", "ActionID": action["ActionID"]}))
+            if action["Action"] == "Status":
+                for chan, call in (("PJSIP/5551234-00000007", CALL), ("PJSIP/1001-00000008", CALL)):
+                    writer.write(encode({"Event": "Status", "ActionID": action["ActionID"], "Channel": chan})[:-2]
+                                 + f"Variable: EMOVOICE_CALL={call}\r\n".encode()
+                                 + b"Variable: EMOVOICE_CUSTOMER=PJSIP/5551234-00000007\r\n\r\n")
+                writer.write(encode({"Event": "StatusComplete", "ActionID": action["ActionID"]}))
+
+    def event(self, **fields: str) -> None:
+        self.writer.write(encode(fields))
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.01)
+
+
+CALL = "5b2c0b7e-1f3a-4c55-9d7e-0a1b2c3d4e5f"
+
+
+async def test_status_after_login_recovers_a_call_and_its_escalation_and_agent_reach_the_pbx() -> None:
+    fake = FakeAmi()
+    server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
+    bound: list[tuple[str, str]] = []
+    client = AmiClient(AmiConfig(enabled=True, port=server.sockets[0].getsockname()[1], secret="s"),
+                       lambda call, agent: bound.append((call, agent)))
+    await client.start()
+    try:
+        await until(lambda: CALL in client.calls)
+        assert client.calls[CALL].customer == "PJSIP/5551234-00000007"  # the agent's channel is not the customer's
+        fake.event(Event="AgentConnect", Channel="PJSIP/5551234-00000007", DestChannel="PJSIP/1001-00000008",
+                   MemberName="PJSIP/1001", Queue="support")
+        await until(lambda: bound)
+        assert bound == [(CALL, "1001")] and client.calls[CALL].agent == "PJSIP/1001-00000008"
+        client.on_escalation({"type": "escalation.raised", "call_id": CALL, "role": "customer", "severity": "alert"})
+        await until(lambda: fake.actions[-1]["Action"] == "Setvar")
+        assert {k: fake.actions[-1][k] for k in ("Channel", "Variable", "Value")} == {
+            "Channel": "PJSIP/5551234-00000007", "Variable": "EMOVOICE_ESCALATION", "Value": "customer:alert"}
+        fake.event(Event="Hangup", Channel="PJSIP/5551234-00000007")
+        await until(lambda: CALL not in client.calls)
+    finally:
+        await client.stop()
+        server.close()
+    assert [a["Action"] for a in fake.actions[:2]] == ["Login", "Status"]

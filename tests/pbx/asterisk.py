@@ -146,6 +146,12 @@ class Asterisk:
         """Names of the live channels."""
         return [line.split("!")[0] for line in self.cli("core show channels concise").splitlines() if "!" in line]
 
+    def variable(self, channel_prefix: str, name: str) -> str:
+        """A variable of the first live channel whose name starts with ``channel_prefix`` ('' if none)."""
+        channel = next((c for c in self.channels() if c.startswith(channel_prefix)), None)
+        lines = self.cli(f"core show channel {channel}").splitlines() if channel else []
+        return next((line.split("=", 1)[1] for line in lines if line.strip().startswith(f"{name}=")), "")
+
     def wait(self, predicate: Callable[[], T], what: str, timeout: float = 30.0) -> T:
         """Poll ``predicate()`` until truthy; fail with the console's tail if it never is."""
         deadline = time.monotonic() + timeout

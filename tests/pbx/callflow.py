@@ -7,6 +7,7 @@ angry (1200 Hz), calm; the agent stays calm.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.conftest import DaemonProcess, free_port
@@ -23,6 +24,7 @@ CALL_TIMEOUT_S = CALM_S + ANGRY_S + TAIL_S + 90
 
 
 AMI_SECRET = "ami-secret-for-tests"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 def start_pbx(asterisk: Asterisk, ports: dict[str, int], agent: Phone, phones: dict[str, Phone] | None = None) -> Asterisk:
@@ -74,3 +76,18 @@ def place_call(workdir: Path, asterisk: Asterisk, exten: str = "100") -> int:
         caller.stop()
 
 
+
+
+def alert_latency(events: list[dict], role: str) -> tuple[float, float]:
+    """(anger onset, first escalation) in ``role``'s leg seconds. The onset is the end of the first window
+    that hears the angry tone (the tone began at most one 1 s hop before it)."""
+    onset = next(e["window"]["end"] for e in events
+                 if e["type"] == "score" and e["role"] == role and e["probs"]["NEGATIVE"] > 0.1)
+    alert = next(e["at"] for e in events if e["type"] == "escalation.raised" and e["role"] == role)
+    return onset, alert
+
+
+def record(name: str, figures: dict) -> None:
+    """Measured figures of one path, for the closing table (tests/artifacts/pbx_<name>.json)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"pbx_{name}.json").write_text(json.dumps(figures, indent=1))

@@ -16,13 +16,6 @@ from .phones import CALLER, agent_phone
 PROMPT = "document.querySelector('.prompt.alert .phrase')?.textContent"
 
 
-def channel_var(asterisk: Asterisk, prefix: str, name: str) -> str:
-    """A variable of the live channel whose name starts with ``prefix`` ('' if none)."""
-    channel = next((c for c in asterisk.channels() if c.startswith(prefix)), None)
-    lines = asterisk.cli(f"core show channel {channel}").splitlines() if channel else []
-    return next((line.split("=", 1)[1] for line in lines if line.strip().startswith(f"{name}=")), "")
-
-
 async def test_queued_call_escalation_sets_channel_variable_and_prompts_the_answering_agent(
         tmp_path: Path, asterisk: Asterisk) -> None:
     agent = agent_phone(tmp_path / "agent1001", AGENT_VOICE)
@@ -35,8 +28,8 @@ async def test_queued_call_escalation_sets_channel_variable_and_prompts_the_answ
             await page.wait_for("document.getElementById('status').textContent === 'agent 1001'")
             caller = start_call(tmp_path / "caller", asterisk, "100")
             phrase = await page.wait_for(PROMPT, timeout=CALL_TIMEOUT_S, poll=0.2)
-            variable = await asyncio.to_thread(asterisk.wait, lambda: channel_var(
-                asterisk, f"PJSIP/{CALLER}-", "EMOVOICE_ESCALATION"), "EMOVOICE_ESCALATION on the caller's channel")
+            variable = await asyncio.to_thread(asterisk.wait, lambda: asterisk.variable(
+                f"PJSIP/{CALLER}-", "EMOVOICE_ESCALATION"), "EMOVOICE_ESCALATION on the caller's channel")
         assert await asyncio.to_thread(caller.wait, CALL_TIMEOUT_S) == 0, caller.log()
         events = daemon.wait_for(lambda evs: sum(e["type"] == "call.ended" for e in evs) == 2, timeout=60)
     agent.stop()

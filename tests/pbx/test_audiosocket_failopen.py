@@ -55,14 +55,16 @@ def test_daemon_restart_mid_call_keeps_the_call_and_taps_the_next(tmp_path: Path
     assert agent.wait(30) == 0, agent.log()
 
 
-def test_ivr_step_daemon_killed_mid_call_caller_goes_on_to_the_agent(tmp_path: Path, asterisk: Asterisk) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_ivr_step_daemon_stopped_mid_call_caller_goes_on_to_the_agent(tmp_path: Path, asterisk: Asterisk,
+                                                                      sig: signal.Signals) -> None:
     daemon, ports = tap_daemon(tmp_path / "daemon")
     agent = agent_phone(tmp_path / "agent1001", AGENT_VOICE)
     start_pbx(asterisk, ports, agent)
     with running(daemon):
         caller = start_call(tmp_path / "call", asterisk, "200")
         daemon.wait_for(lambda evs: any(e["type"] == "call.started" and e["role"] == "mixed" for e in evs), 60)
-        daemon.proc.kill()
+        daemon.proc.send_signal(sig)
         daemon.proc.wait(30)
     assert caller.wait(CALL_TIMEOUT_S) == 0, caller.log()
     assert agent.wait(30) == 0, agent.log()  # after AudioSocket() failed, the queue put the caller through

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,27 @@ class HistoryConfig:
     retention_days: float = _f(90.0, non_negative, "delete calls older than this at start; 0 = keep")
 
 
+def nats_url(value: Any) -> str | None:
+    return None if value.startswith(("nats://", "tls://")) else "must be a nats:// or tls:// URL"
+
+
+def subject_token(value: Any) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9_-]*", value) else "letters, digits, '_' and '-' only (a subject token)"
+
+
+@dataclass
+class JetStreamConfig:
+    enabled: bool = _f(False, doc="publish every event to NATS JetStream (subjects emovoice.<site>.<call>.<type>)")
+    servers: list[str] = _f(["nats://127.0.0.1:4222"], each(nats_url), "NATS servers (any node of a cluster)")
+    site: str = _f("", subject_token, "this call server's name in subjects; empty = the host name")
+    stream: str = _f("EMOVOICE", subject_token, "stream name; created (subjects emovoice.>) if absent")
+    credentials_file: str = _f("", doc="NATS .creds file (user JWT + nkey seed); empty = no auth")
+    replicas: int = _f(1, positive, "replicas of a stream this daemon creates (3 on a 3-node cluster)")
+    max_age_days: float = _f(1.0, non_negative, "a created stream keeps events this long; 0 = forever")
+    duplicate_window_s: float = _f(120.0, positive, "JetStream drops a re-sent event id within this window")
+    buffer: int = _f(100_000, positive, "events held while NATS is unreachable before the oldest is dropped")
+
+
 @dataclass
 class EventsConfig:
     log_path: str = _f("events.jsonl", doc="append-only JSONL event log")
@@ -319,6 +341,7 @@ class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     ami: AmiConfig = field(default_factory=AmiConfig)
     cues: CuesConfig = field(default_factory=CuesConfig)
+    jetstream: JetStreamConfig = field(default_factory=JetStreamConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
 

@@ -9,12 +9,14 @@ import asyncio
 import hmac
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from emovoice_daemon.config import ApiConfig, read_secret
 from emovoice_daemon.outputs import history, metrics, notifier
 from emovoice_daemon.outputs.events import EventBus
 
@@ -140,3 +142,28 @@ def build_app(ctx: ApiContext) -> web.Application:
     if ctx.listen_in is not None:
         app.router.add_post("/calls/{call_id}/listen", listen_in)
     return app
+
+
+def api_token(cfg: ApiConfig) -> str:
+    """The configured bearer token (``EMOVOICE_API_TOKEN``, ``token_file``, ``token``), or one made up for this run."""
+    token = read_secret(cfg.token, cfg.token_file, "EMOVOICE_API_TOKEN")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        log.warning("no api.token configured: generated one for this run: %s", token)
+    return token
+
+
+async def start_api(cfg: ApiConfig, ctx: ApiContext) -> tuple[web.AppRunner, str]:
+    """Serve the API on ``cfg.host:port`` (TLS when ``tls_cert`` is set); returns the runner and host:port."""
+    runner = web.AppRunner(build_app(ctx), access_log=None)
+    await runner.setup()
+    ssl_ctx = None
+    if cfg.tls_cert:
+        import ssl
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+    site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_ctx)
+    await site.start()
+    host, port = site._server.sockets[0].getsockname()[:2]
+    log.info("api listening on %s://%s:%s", "https" if ssl_ctx else "http", host, port)
+    return runner, f"{host}:{port}"

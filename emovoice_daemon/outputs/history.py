@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS legs (
     PRIMARY KEY (call_id, role)
 );
 CREATE INDEX IF NOT EXISTS legs_started ON legs (started);
+CREATE TABLE IF NOT EXISTS applied (msg_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 MAX_LIMIT = 500
 
@@ -40,7 +41,9 @@ MAX_LIMIT = 500
 class CallHistory:
     """SQLite store of call legs; ``sink`` is an EventBus sink, ``run()`` writes what it queued."""
 
-    def __init__(self, path: str, retention_days: float = 0.0) -> None:
+    def __init__(self, path: str, retention_days: float = 0.0, keep_live: bool = False) -> None:
+        """``keep_live``: legs a previous run left live stay live (a site-wide history: other servers'
+        calls go on while it restarts); otherwise they are closed as ``lost``."""
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False)
@@ -49,10 +52,11 @@ class CallHistory:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         with self._lock, self._db:
             self._db.executescript(SCHEMA)
-            # legs a previous run never ended (it crashed or was killed) are not live any more
-            self._db.execute("UPDATE legs SET ended = started, reason = 'lost' WHERE ended IS NULL")
+            if not keep_live:  # legs a previous run never ended (it crashed or was killed) are not live any more
+                self._db.execute("UPDATE legs SET ended = started, reason = 'lost' WHERE ended IS NULL")
             if retention_days > 0:
                 self._db.execute("DELETE FROM legs WHERE started < ?", (time.time() - retention_days * 86400,))
+                self._db.execute("DELETE FROM applied WHERE at < ?", (time.time() - retention_days * 86400,))
 
     def sink(self, event: Event) -> None:
         """EventBus sink: queue call.started/call.ended (never blocks, never drops)."""
@@ -62,19 +66,26 @@ class CallHistory:
     async def run(self) -> None:
         """Write queued events until cancelled; a bad event is logged and skipped."""
         while True:
-            event = await self._queue.get()
-            try:
-                await asyncio.to_thread(self.record, event)
-            except (sqlite3.Error, KeyError, TypeError, ValueError):
-                log.exception("call history: cannot record %s of %s", event.get("type"), event.get("call_id"))
+            await self.write(await self._queue.get())
+
+    async def write(self, event: Event, msg_id: str | None = None) -> None:
+        """``record`` off the event loop; a bad event is logged and skipped."""
+        try:
+            await asyncio.to_thread(self.record, event, msg_id)
+        except (sqlite3.Error, KeyError, TypeError, ValueError):
+            log.exception("call history: cannot record %s of %s", event.get("type"), event.get("call_id"))
 
     async def drain(self) -> None:
         """Write everything queued so far (used at shutdown and by tests)."""
         while not self._queue.empty():
             await asyncio.to_thread(self.record, self._queue.get_nowait())
 
-    def record(self, event: Event) -> None:
+    def record(self, event: Event, msg_id: str | None = None) -> bool:
+        """Apply one event; with ``msg_id``, an id applied before (a redelivery) is skipped: returns False."""
         with self._lock, self._db:
+            if msg_id is not None and not self._db.execute(
+                    "INSERT OR IGNORE INTO applied (msg_id, at) VALUES (?, ?)", (msg_id, time.time())).rowcount:
+                return False
             if event["type"] == "call.started":
                 self._db.execute(
                     "INSERT OR REPLACE INTO legs (call_id, role, source, meta, started) VALUES (?, ?, ?, ?, ?)",
@@ -83,6 +94,7 @@ class CallHistory:
                 self._db.execute(
                     "UPDATE legs SET ended = ?, reason = ?, summary = ? WHERE call_id = ? AND role = ?",
                     (event["ts"], event["reason"], json.dumps(event["summary"]), event["call_id"], event["role"]))
+        return True
 
     def list_calls(self, limit: int = 50, offset: int = 0, live: bool | None = None,
                    agent: str | None = None) -> list[dict[str, Any]]:

@@ -45,3 +45,13 @@ CUE_LOUDNESS_DIFF = Histogram("emovoice_cue_agent_minus_customer_db", "Per call:
                               buckets=(-20, -10, -6, -3, 0, 3, 6, 10, 20), registry=REGISTRY)
 CUE_PACE = Histogram("emovoice_cue_voiced_segments_per_minute", "Per call and role: voiced segments per minute",
                      ["role"], buckets=(5, 10, 20, 30, 45, 60, 90), registry=REGISTRY)
+JETSTREAM_PUBLISHED = Counter("emovoice_jetstream_published_total", "Events JetStream acknowledged (stored, or "
+                              "duplicate: a re-send it already had)", ["outcome"], registry=REGISTRY)
+JETSTREAM_FAILED = Counter("emovoice_jetstream_publish_failures_total",
+                           "JetStream publishes that failed and are retried", registry=REGISTRY)
+JETSTREAM_BUFFERED = Gauge("emovoice_jetstream_buffered", "Events waiting for a JetStream acknowledgement",
+                           registry=REGISTRY)
+JETSTREAM_DROPPED = Counter("emovoice_jetstream_dropped_total", "Events dropped from a full JetStream buffer",
+                            registry=REGISTRY)
+JETSTREAM_REDELIVERIES_SKIPPED = Counter("emovoice_jetstream_redeliveries_skipped_total", "Redelivered events a "
+                                         "durable reader had already handled", registry=REGISTRY)

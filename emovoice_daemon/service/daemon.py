@@ -4,14 +4,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import time
 from typing import Any
 
 from aiohttp import web
 
 from emovoice_daemon.calls import CallManager
-from emovoice_daemon.config import Config, read_secret
+from emovoice_daemon.config import Config
 from emovoice_daemon.ingest.ami import AmiClient
 from emovoice_daemon.ingest.ari import AriController
 from emovoice_daemon.ingest.audiosocket import AudioSocketServer
@@ -19,10 +18,11 @@ from emovoice_daemon.ingest.rtp import RtpReceiver
 from emovoice_daemon.ingest.sip import SipEndpoint
 from emovoice_daemon.judgement.cues import CueTracker
 from emovoice_daemon.judgement.policy import policy_factory
-from emovoice_daemon.outputs.api import ApiContext, build_app
+from emovoice_daemon.outputs.api import ApiContext, api_token, start_api
 from emovoice_daemon.outputs.eventlog import EventLog
 from emovoice_daemon.outputs.events import EventBus
 from emovoice_daemon.outputs.history import CallHistory
+from emovoice_daemon.outputs.jetstream import JetStreamPublisher
 from emovoice_daemon.outputs.notifier import AgentNotifier
 from emovoice_daemon.outputs.webhook import WebhookSender
 from emovoice_daemon.scoring.engine import ScoringEngine
@@ -38,10 +38,7 @@ class Daemon:
     def __init__(self, config: Config, classifier: Classifier | None = None) -> None:
         self.config = config
         self.classifier = classifier
-        self.api_token = read_secret(config.api.token, config.api.token_file, "EMOVOICE_API_TOKEN")
-        if not self.api_token:
-            self.api_token = secrets.token_urlsafe(24)
-            log.warning("no api.token configured: generated one for this run: %s", self.api_token)
+        self.api_token = api_token(config.api)
         self.bus = EventBus(config.events.subscriber_queue)
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
@@ -49,6 +46,7 @@ class Daemon:
         self.history: CallHistory | None = None
         self.notifier: AgentNotifier | None = None
         self.webhook: WebhookSender | None = None
+        self.jetstream: JetStreamPublisher | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.rtp: RtpReceiver | None = None
         self.ari: AriController | None = None
@@ -104,7 +102,7 @@ class Daemon:
                 await component.stop()
 
     def _start_escalation_outputs(self) -> None:
-        """Call history, agent notifier and webhook, all fed as bus sinks."""
+        """Call history, agent notifier, webhook and JetStream, all fed as bus sinks."""
         cfg = self.config
         if cfg.history.enabled:
             self.history = CallHistory(cfg.history.path, cfg.history.retention_days)
@@ -117,6 +115,10 @@ class Daemon:
             self.webhook = WebhookSender(cfg.webhook)
             self.bus.add_sink(self.webhook.sink)
             self._tasks.append(asyncio.create_task(self.webhook.run(), name="webhook"))
+        if cfg.jetstream.enabled:
+            self.jetstream = JetStreamPublisher(cfg.jetstream)
+            self.bus.add_sink(self.jetstream.sink)
+            self._tasks.append(asyncio.create_task(self.jetstream.run(), name="jetstream"))
 
     def _bind_agent(self, call_id: str, agent: str) -> None:
         """AMI saw a queue member answer the call: its agent gets the call's prompts."""
@@ -127,18 +129,7 @@ class Daemon:
         cfg = self.config.api
         context = ApiContext(self.api_token, cfg.metrics_public, self.bus, self.health, self.history, self.notifier,
                              self.ami.listen_in if self.ami is not None else None)
-        self._runner = web.AppRunner(build_app(context), access_log=None)
-        await self._runner.setup()
-        ssl_ctx = None
-        if cfg.tls_cert:
-            import ssl
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
-        site = web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_ctx)
-        await site.start()
-        host, port = site._server.sockets[0].getsockname()[:2]
-        self.api_address = f"{host}:{port}"
-        log.info("api listening on %s://%s", "https" if ssl_ctx else "http", self.api_address)
+        self._runner, self.api_address = await start_api(cfg, context)
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "legs": len(self.calls.legs), "model": self.model_info,
@@ -157,6 +148,8 @@ class Daemon:
             await self.history.drain()
         if self.webhook is not None:  # the last call.ended / escalation.cleared reach the PBX too
             await self.webhook.drain(self.config.webhook.timeout_s)
+        if self.jetstream is not None:  # so do the last events of every call on the stream
+            await self.jetstream.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

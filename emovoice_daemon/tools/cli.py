@@ -1,4 +1,4 @@
-"""`emovoice-daemon` command line: run, check-config, simulate, demo, score."""
+"""`emovoice-daemon` command line: run, check-config, simulate, demo, score, fetch-encoder, hub."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load_or_exit(args.config)
     asyncio.run(lifecycle.run(Daemon(config)))  # start failures exit 1 with one "cannot start" line (lifecycle)
+    return 0
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    from emovoice_daemon.service.hub import run_hub
+
+    config = _load_or_exit(args.config)
+    try:
+        asyncio.run(run_hub(config))
+    except OSError as exc:
+        raise SystemExit(f"emovoice-daemon hub: cannot start: {exc}") from None
     return 0
 
 
@@ -129,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--out", help="directory (default: $EMOVOICE_MODELS_DIR/whisper-base, else ~/.cache/emovoice/models/whisper-base)")
     fetch.add_argument("--model-bin", help="convert this local CTranslate2 Whisper model.bin instead (no download)")
     fetch.set_defaults(func=cmd_fetch_encoder)
+    hub = sub.add_parser("hub", help="site-wide call history, agent notifier and API over a JetStream stream")
+    hub.add_argument("-c", "--config", help="YAML config (jetstream, history, notifier, api sections)")
+    hub.set_defaults(func=cmd_hub)
     return parser
 
 

@@ -7,6 +7,7 @@ scoring lag, device, CPU load). Keys: ``n`` NEGATIVE, ``d`` duration, ``s`` stat
 ``c`` call id (sort), ``j``/``k`` or arrows select a call, ``l`` listen in / ``w`` whisper to the
 agent on the selected call (rings the phone of ``--supervisor``, see ``POST /calls/{id}/listen``),
 ``q`` quit. Reconnects with back-off when the daemon restarts.
+With ``--nats`` it follows a JetStream stream instead: the calls of every daemon of ``--site``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -22,7 +24,7 @@ import time
 import tty
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import aiohttp
 from rich.console import Console, Group
@@ -30,7 +32,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from emovoice_daemon.config import read_secret
+from emovoice_daemon.config import JetStreamConfig, read_secret
+from emovoice_daemon.outputs.jetstream import connect, follow, site_filter
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_S = 60.0
@@ -104,6 +107,8 @@ class TopState:
         if call is None:
             call = self.calls[event["call_id"]] = CallView(event["call_id"], event["ts"])
         kind, leg = event["type"], call.leg(event["role"])
+        if "site" in event:  # followed from JetStream: which call server
+            call.meta["site"] = event["site"]
         if kind == "call.started":
             call.meta.update(event.get("meta", {}))
             call.started = min(call.started, event["ts"])
@@ -191,7 +196,8 @@ def render(state: TopState, now: float) -> Group:
         style = {"alert": "bold white on red", "watch": "black on yellow"}.get(call.severity, "")
         marker = "▶" if call.call_id == state.selected else " "
         table.add_row(
-            marker + call.call_id[:8], str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
+            "\n".join((marker + call.call_id[:8], *([call.meta["site"]] if "site" in call.meta else []))),
+            str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
             _duration(end - call.started),
             "\n".join(_tagged(leg.role, f"{leg.label} {leg.prob:.2f}") for leg in legs),
             "\n".join(_tagged(leg.role, sparkline(leg.negatives)) for leg in legs),
@@ -264,6 +270,36 @@ class TopClient:
             self.state.health = await self._get(s, "/health") or self.state.health
 
 
+class NatsTopClient:
+    """Keeps the state in sync with a JetStream stream: every daemon of ``site`` (``*``: all sites)."""
+
+    def __init__(self, cfg: JetStreamConfig, site: str, since_s: float, state: TopState) -> None:
+        self.cfg, self.site, self.since_s, self.state = cfg, site, since_s, state
+
+    def _on_state(self, connected: bool, why: str) -> None:
+        self.state.connected, self.state.status = connected, f"nats {why}"
+
+    async def run(self) -> None:
+        self.state.status = f"connecting to {', '.join(self.cfg.servers)}"
+        nc = await connect(self.cfg, "emovoice-top", self._on_state)
+        counter = asyncio.create_task(self._count_legs())
+        try:
+            async for event in follow(nc.jetstream(), self.cfg.stream, site_filter(self.site), self.since_s):
+                self.state.apply(event)
+        finally:
+            counter.cancel()
+            await nc.close()
+
+    async def listen(self, call_id: str, supervisor: str, mode: str) -> None:
+        self.state.message = f"{mode} goes through the call's daemon: run emovoice-top --url against it"
+
+    async def _count_legs(self) -> None:
+        while True:
+            legs = [leg for call in self.state.calls.values() for leg in call.legs.values() if leg.label != "ended"]
+            self.state.health = {"legs": len(legs)}
+            await asyncio.sleep(1.0)
+
+
 @contextlib.contextmanager
 def cbreak() -> Iterator[bool]:
     """Single-key input when stdin is a terminal; yields whether keys can be read."""
@@ -278,11 +314,12 @@ def cbreak() -> Iterator[bool]:
         termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
 
 
-async def top(url: str, token: str, refresh_s: float, supervisor: str = "") -> None:
+async def top(make_client: Callable[[TopState], TopClient | NatsTopClient], refresh_s: float,
+              supervisor: str = "") -> None:
     state = TopState()
     quit_ = asyncio.Event()
     loop = asyncio.get_running_loop()
-    client = TopClient(url, token, state)
+    client = make_client(state)
     jobs: set[asyncio.Task[None]] = set()
 
     def on_key() -> None:
@@ -329,12 +366,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file", default="")
     parser.add_argument("--refresh", type=float, default=0.5, help="screen refresh interval, seconds")
     parser.add_argument("--supervisor", default="", help="your name in the daemon's ami.supervisors: l/w ring your phone")
+    parser.add_argument("--nats", default="",
+                        help="follow JetStream instead of one daemon: NATS URL(s), comma-separated")
+    parser.add_argument("--site", default="*", help="with --nats: the site to show (default *: every site)")
+    parser.add_argument("--stream", default=JetStreamConfig.stream, help="with --nats: the stream name")
+    parser.add_argument("--creds", default="", help="with --nats: NATS .creds file")
+    parser.add_argument("--since", type=float, default=120.0,
+                        help="with --nats: replay this many seconds of events at start (0: only new ones)")
     args = parser.parse_args(argv)
-    token = args.token or read_secret("", args.token_file, "EMOVOICE_API_TOKEN")
-    if not token:
-        parser.error("an API token is needed: --token, --token-file or $EMOVOICE_API_TOKEN")
+    if args.nats:
+        if args.site != "*" and not re.fullmatch(r"[A-Za-z0-9_-]+", args.site):
+            parser.error(f"--site must be * or a site name (letters, digits, _ and -), got {args.site!r}")
+        cfg = JetStreamConfig(servers=args.nats.split(","), stream=args.stream, credentials_file=args.creds)
+        make_client = lambda state: NatsTopClient(cfg, args.site, args.since, state)  # noqa: E731
+        logging.getLogger("emovoice_daemon").addHandler(logging.NullHandler())  # the header shows the link state
+    else:
+        token = args.token or read_secret("", args.token_file, "EMOVOICE_API_TOKEN")
+        if not token:
+            parser.error("an API token is needed: --token, --token-file or $EMOVOICE_API_TOKEN")
+        make_client = lambda state: TopClient(args.url, token, state)  # noqa: E731
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(top(args.url, token, args.refresh, args.supervisor))
+        asyncio.run(top(make_client, args.refresh, args.supervisor))
     return 0
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 OTHER_ROLE = {"customer": "agent", "agent": "customer"}
 RTP_PORT_VAR = "UNICASTRTP_LOCAL_PORT"
 RTP_ADDR_VAR = "UNICASTRTP_LOCAL_ADDRESS"
+STASIS_WAIT_S = 10.0  # how long a new snoop/ExternalMedia channel may take to enter the app
 
 
 class AriError(Exception):
@@ -110,6 +111,7 @@ class AriController:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        self._entered: dict[str, asyncio.Event] = {}  # our channels being set up -> set on their StasisStart
 
     async def start(self) -> None:
         auth = {"Authorization": aiohttp.encode_basic_auth(self.cfg.username, self._password)}
@@ -159,7 +161,10 @@ class AriController:
         except (ValueError, KeyError, TypeError):
             log.warning("ignored malformed ARI event: %.200s", text)
             return
-        if kind == "StasisStart" and not channel.get("id", "").startswith(self.cfg.id_prefix):
+        if kind == "StasisStart" and channel.get("id", "").startswith(self.cfg.id_prefix):
+            if channel["id"] in self._entered:
+                self._entered[channel["id"]].set()
+        elif kind == "StasisStart":
             self._spawn(self._tap(channel, event.get("args") or []))
         elif kind in ("StasisEnd", "ChannelDestroyed"):
             tap = self._tap_of(channel.get("id", ""))
@@ -205,6 +210,7 @@ class AriController:
         base = f"{self.cfg.id_prefix}{role}-{tap.call_id}"
         t = TapLeg(role, f"{base}-snoop", f"{base}-media", f"{base}-bridge")
         tap.legs.append(t)
+        self._entered.update({t.snoop_id: asyncio.Event(), t.media_id: asyncio.Event()})
         app = self.cfg.app
         await self.client.request("POST", f"/channels/{tap.call_id}/snoop", spy=direction, app=app,
                                   snoopId=t.snoop_id)
@@ -216,6 +222,10 @@ class AriController:
         self.rtp.add_stream(t.source, self.cfg.format, _sink(t.leg, role, tap.cues),
                             lambda: self._teardown(tap, "idle_timeout"))
         await self.client.request("POST", "/bridges", type="mixing", bridgeId=t.bridge_id)
+        # A new snoop channel enters the app on its own thread, maybe after its POST returned; adding it
+        # to the bridge before that is refused (422 "Channel not in Stasis application").
+        await asyncio.wait_for(asyncio.gather(self._entered[t.snoop_id].wait(), self._entered[t.media_id].wait()),
+                               STASIS_WAIT_S)
         await self.client.request("POST", f"/bridges/{t.bridge_id}/addChannel", channel=f"{t.snoop_id},{t.media_id}")
 
     async def _rtp_source(self, media: dict[str, Any]) -> Address:
@@ -250,6 +260,8 @@ class AriController:
             tap.ended = True
             cues = self.cues.close(tap.call_id) if self.cues is not None else None
             for t in tap.legs:
+                self._entered.pop(t.snoop_id, None)
+                self._entered.pop(t.media_id, None)
                 if t.source:
                     self.rtp.remove_stream(t.source)
                 if t.leg:

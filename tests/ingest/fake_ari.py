@@ -8,6 +8,7 @@ tests can send RTP from exactly where Asterisk would.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -35,6 +36,7 @@ class FakeAri:
         self.channels: dict[str, dict[str, Any]] = {}
         self.bridges: dict[str, dict[str, Any]] = {}
         self.in_stasis: set[str] = set()
+        self.snoop_enters_after_s = 0.0  # > 0: a snoop enters the app only this long after its POST returned
         self.snooped: dict[str, str] = {}  # snoop id -> channel it listens to
         self.requests: list[dict[str, Any]] = []  # same shape as ari_rest_*.jsonl
         self.events: list[dict[str, Any]] = []  # every event sent on the app socket
@@ -183,11 +185,18 @@ class FakeAri:
         ch = self._channel(sid, f"Snoop/{target}-{next(self._snoop_seq):08x}", "Up", _dialplan("default", "s", 1))
         self.channels[sid] = ch
         self.snooped[sid] = target
-        self.in_stasis.add(sid)
         resp = self._reply(request, 200, dict(ch))
         ch["dialplan"] = _dialplan("default", "s", 1, "Stasis", q["app"])
-        await self.emit("StasisStart", args=[], channel=ch)
+        if self.snoop_enters_after_s:  # as a loaded Asterisk: the snoop's own thread starts the app later
+            asyncio.get_running_loop().call_later(self.snoop_enters_after_s, asyncio.ensure_future,
+                                                  self._enter_stasis(sid, ch))
+        else:
+            await self._enter_stasis(sid, ch)
         return resp
+
+    async def _enter_stasis(self, cid: str, ch: dict[str, Any]) -> None:
+        self.in_stasis.add(cid)
+        await self.emit("StasisStart", args=[], channel=ch)
 
     async def _external_media(self, request: web.Request) -> web.Response:
         q = request.query

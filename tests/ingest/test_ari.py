@@ -237,3 +237,17 @@ async def test_call_cues_reach_both_legs_call_ended_summary(rig, ulaw_packets: l
             cues = leg.extra["cues"]
             assert cues["talk_over_s"] > 1.0  # the same speech on both legs overlaps throughout
             assert set(cues["pace_per_min"]) == {"customer", "agent"}
+
+
+async def test_snoop_entering_stasis_after_its_post_returned_is_still_bridged(rig) -> None:
+    """A loaded Asterisk starts the snoop's app after answering the POST; bridging it at once got 422."""
+    fake, server, rtp = rig
+    fake.snoop_enters_after_s = 0.3
+    calls = RecordingCalls()
+    ctl = _controller(server, rtp, calls)
+    async with connected(ctl):
+        await fake.start_call(CALL)
+        await until(lambda: any(r["path"] == f"/channels/{CALL}/continue" for r in fake.requests))
+        assert sorted(map(sorted, (b["channels"] for b in fake.bridges.values()))) == sorted(
+            [[f"emovoice-{r}-{CALL}-media", f"emovoice-{r}-{CALL}-snoop"] for r in ("agent", "customer")])
+        assert not any(leg.ended for leg in calls.legs.values()) and len(calls.legs) == 2

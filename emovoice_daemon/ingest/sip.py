@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import re
 import time
 from typing import Any
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CODECS = {RTP.PayloadType.PCMU: "ulaw", RTP.PayloadType.PCMA: "alaw"}
 POLL_S = 0.05
+CALL_HEADER = "X-EmoVoice-Call"  # the caller's channel unique id, added by extensions.conf [emovoice-sip]
+PBX_CALL_ID = re.compile(r"[\w.-]{1,64}")
 
 
 def split_hostport(value: str, default_port: int = 5060) -> tuple[str, int]:
@@ -38,8 +41,12 @@ def split_hostport(value: str, default_port: int = 5060) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
-def sip_call_id(raw: str) -> str:
-    """A short, colon-free call id for a SIP Call-ID (which may contain ':' and '@')."""
+def sip_call_id(raw: str, pbx_call: str = "") -> str:
+    """The leg's call id: the caller channel's unique id from the INVITE's X-EmoVoice-Call header when it
+    has one (the id the PBX knows the call by: AMI sets EMOVOICE_ESCALATION on it), else a short,
+    colon-free id made from the SIP Call-ID (which may contain ':' and '@')."""
+    if PBX_CALL_ID.fullmatch(pbx_call):
+        return pbx_call
     return "sip-" + hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 
@@ -128,7 +135,8 @@ class SipEndpoint:
 
     # -- event loop ----------------------------------------------------------------------------
     async def _open(self, call: VoIPCall, fmt: str, meta: dict[str, Any]) -> tuple[Leg, RtpStream]:
-        leg = self.calls.start_leg(sip_call_id(call.call_id), self.cfg.role, "sip", meta)
+        call_id = sip_call_id(call.call_id, str(call.request.headers.get(CALL_HEADER, "")))
+        leg = self.calls.start_leg(call_id, self.cfg.role, "sip", meta)
         return leg, RtpStream(FORMATS[fmt], leg.feed, self.jitter_depth)
 
     @staticmethod

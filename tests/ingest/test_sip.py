@@ -21,6 +21,8 @@ def test_hostport_and_call_id_helpers() -> None:
     assert split_hostport("10.0.0.1:5080") == ("10.0.0.1", 5080)
     cid = sip_call_id("1-234@127.0.0.1:5060")
     assert cid.startswith("sip-") and ":" not in cid and cid == sip_call_id("1-234@127.0.0.1:5060")
+    assert sip_call_id("1-234@127.0.0.1:5060", "1796312718.3") == "1796312718.3"  # X-EmoVoice-Call
+    assert sip_call_id("1-234@127.0.0.1:5060", "bad:id") == cid
 
 
 def _endpoint(calls: RecordingCalls, sipp_port: int, **over) -> tuple[SipEndpoint, int]:

@@ -61,14 +61,16 @@ def agent_phone(workdir: Path, voice: np.ndarray, calls: int = 1) -> Phone:
     return _sipp(workdir, ["-sf", UAS_SCENARIO.name, "-m", str(calls)])
 
 
-def caller_phone(workdir: Path, pbx_port: int, exten: str, voice: np.ndarray) -> Phone:
-    """A caller: dials ``exten`` at the PBX, says ``voice`` (8 kHz int16), then hangs up (BYE)."""
+def caller_phone(workdir: Path, pbx_port: int, exten: str, voice: np.ndarray, calls: int = 1) -> Phone:
+    """A caller: dials ``exten`` at the PBX, says ``voice`` (8 kHz int16), then hangs up (BYE); ``calls``
+    such calls at once."""
     workdir.mkdir(parents=True, exist_ok=True)
     write_rtp_pcap(workdir / "audio.pcap", voice)
     shutil.copy(UAC_SCENARIO, workdir)
     duration_ms = int(len(voice) / 8)
-    return _sipp(workdir, [f"127.0.0.1:{pbx_port}", "-sf", UAC_SCENARIO.name, "-s", exten, "-m", "1",
-                           "-d", str(duration_ms), "-timeout", f"{duration_ms // 1000 + 60}s", "-timeout_error"])
+    return _sipp(workdir, [f"127.0.0.1:{pbx_port}", "-sf", UAC_SCENARIO.name, "-s", exten, "-m", str(calls),
+                           "-l", str(calls), "-r", str(calls), "-d", str(duration_ms),
+                           "-timeout", f"{duration_ms // 1000 + 60}s", "-timeout_error"])
 
 
 def endpoints(caller_context: str, agents: dict[str, Phone]) -> str:

@@ -139,13 +139,6 @@ class Asterisk:
                              capture_output=True, text=True, timeout=timeout)
         return out.stdout if out.returncode == 0 else ""
 
-    def channel_variable(self, channel: str, name: str) -> str:
-        """A variable of a live channel ('' when unset or the channel is gone), from ``core show channel``."""
-        for line in self.cli(f"core show channel {channel}").splitlines():
-            if line.startswith(f"{name}="):
-                return line.split("=", 1)[1]
-        return ""
-
     def console(self) -> str:
         return self.console_path.read_text(errors="replace") if self.console_path.exists() else ""
 

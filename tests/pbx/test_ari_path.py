@@ -95,7 +95,7 @@ def test_customer_and_agent_are_scored_and_everything_is_torn_down(tmp_path: Pat
         daemon.wait_for(lambda evs: len(of_type(evs, "call.started")) == 2, timeout=60)
         assert ours(asterisk)  # snoops, ExternalMedia channels and bridges while the call is up
         (channel,) = [c for c in asterisk.channels() if c.startswith("PJSIP/5551234-")]
-        escalation = asterisk.wait(lambda: asterisk.channel_variable(channel, "EMOVOICE_ESCALATION"),
+        escalation = asterisk.wait(lambda: asterisk.variable(channel, "EMOVOICE_ESCALATION"),
                                    "EMOVOICE_ESCALATION on the caller's channel (AMI Setvar) during the call", 120)
         finished(caller, "tapped call")
         events = daemon.wait_for(lambda evs: len(of_type(evs, "call.ended")) == 2, timeout=60)

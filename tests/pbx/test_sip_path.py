@@ -87,7 +87,7 @@ def test_registered_endpoint_stays_reachable_and_a_dialled_call_is_scored(tmp_pa
         (channel,) = asterisk.wait(lambda: [c for c in asterisk.channels() if c.startswith("PJSIP/5551234-")],
                                    "the caller's channel")
         unique_id = re.search(r"UniqueID: (\S+)", asterisk.cli(f"core show channel {channel}")).group(1)
-        escalation = asterisk.wait(lambda: asterisk.channel_variable(channel, "EMOVOICE_ESCALATION"),
+        escalation = asterisk.wait(lambda: asterisk.variable(channel, "EMOVOICE_ESCALATION"),
                                    "EMOVOICE_ESCALATION on the caller's channel (AMI Setvar) during the call", 120)
         completed(caller, "scored call")
         events = daemon.wait_for(lambda evs: of_type(evs, "call.ended"), timeout=60)

@@ -48,8 +48,7 @@ class Hub:
         if self.notifier is not None:
             self.bus.add_sink(self.notifier.sink)
         self.started_at = time.time()
-        self.live: set[tuple[str, str, str]] = set()  # (site, call, role) of legs started and not ended
-        self.api_address = ""
+        self.live: set[tuple[str, str, str]] = set()  # (site, call, role): legs started (since the hub) not ended
         self._nc: Client | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -66,7 +65,7 @@ class Hub:
         if self.config.api.enabled:
             context = ApiContext(self.api_token, self.config.api.metrics_public, self.bus, self.health,
                                  self.history, self.notifier)
-            self._runner, self.api_address = await start_api(self.config.api, context)
+            self._runner, _ = await start_api(self.config.api, context)
         log.info("emovoice hub ready (stream %s on %s)", cfg.stream, ", ".join(cfg.servers))
 
     async def _record(self, event: Event, msg_id: str) -> None:

@@ -53,12 +53,12 @@ def _sipp(workdir: Path, args: list[str]) -> Phone:
     return Phone(proc, port, workdir)
 
 
-def agent_phone(workdir: Path, voice: np.ndarray, calls: int = 1) -> Phone:
-    """An agent's phone: answers ``calls`` calls, says ``voice`` (8 kHz int16) into each, waits for BYE."""
+def agent_phone(workdir: Path, voice: np.ndarray, calls: int = 1, answer_ms: int = 300) -> Phone:
+    """An agent's phone: rings ``answer_ms``, answers, says ``voice`` (8 kHz int16), waits for BYE; ``calls`` times."""
     workdir.mkdir(parents=True, exist_ok=True)
     write_rtp_pcap(workdir / "agent.pcap", voice, ssrc=0x5678)
     shutil.copy(UAS_SCENARIO, workdir)
-    return _sipp(workdir, ["-sf", UAS_SCENARIO.name, "-m", str(calls)])
+    return _sipp(workdir, ["-sf", UAS_SCENARIO.name, "-m", str(calls), "-d", str(answer_ms)])
 
 
 def caller_phone(workdir: Path, pbx_port: int, exten: str, voice: np.ndarray, calls: int = 1) -> Phone:

@@ -4,8 +4,9 @@ One asyncio TCP connection, logged in as ``ami.username``, reconnecting with bac
 
 - ``UserEvent`` ``EmoVoiceCall`` (extensions.conf ``[emovoice-call]``): ``Call`` is the call id on
   ``Channel``, the customer's channel;
-- ``AgentConnect`` (app_queue): the queue member who answered that channel; the call is bound to
-  the agent id taken from ``MemberName`` (see ``agent_id``), and the member's channel is remembered;
+- ``AgentConnect`` (app_queue): the queue member who answered that channel (a call not announced by
+  a UserEvent, e.g. an ARI call, is known by its channel's unique id); the call is bound to the agent
+  id taken from ``MemberName`` (see ``agent_id``), and the member's channel is remembered;
 - ``Hangup``: the channel's call is forgotten;
 - after each (re)connect, ``Status`` of the live channels with their ``EMOVOICE_CALL`` and
   ``EMOVOICE_CUSTOMER`` variables, so calls that began while it was disconnected are known too.
@@ -170,9 +171,9 @@ class AmiClient:
             self.calls[event["Call"]] = CallChannels(channel)
             self._listed.add(event["Call"])
         elif kind == "AgentConnect":
-            call_id = self._call_on(channel)
-            if call_id is not None:
-                self.calls[call_id].agent = event.get("DestChannel", "")
+            call_id = self._call_on(channel) or event.get("Uniqueid", "")  # else an ARI call: its channel's id
+            if call_id:
+                self.calls.setdefault(call_id, CallChannels(channel)).agent = event.get("DestChannel", "")
                 agent = agent_id(event.get("MemberName") or event.get("Interface", ""))
                 log.info("call %s answered by agent %s (queue %s)", call_id, agent, event.get("Queue", "?"))
                 self.on_agent(call_id, agent)

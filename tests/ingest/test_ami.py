@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import AsyncIterator
 
 import pytest
 
@@ -58,7 +60,9 @@ async def until(predicate, timeout: float = 5.0) -> None:
 CALL = "5b2c0b7e-1f3a-4c55-9d7e-0a1b2c3d4e5f"
 
 
-async def test_status_after_login_recovers_a_call_and_its_escalation_and_agent_reach_the_pbx() -> None:
+@contextlib.asynccontextmanager
+async def rig() -> AsyncIterator[tuple[FakeAmi, AmiClient, list[tuple[str, str]]]]:
+    """A fake AMI server and a started client logged in to it; ``bound`` collects (call, agent) bindings."""
     fake = FakeAmi()
     server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
     bound: list[tuple[str, str]] = []
@@ -66,6 +70,15 @@ async def test_status_after_login_recovers_a_call_and_its_escalation_and_agent_r
                        lambda call, agent: bound.append((call, agent)))
     await client.start()
     try:
+        await until(lambda: client.connected)
+        yield fake, client, bound
+    finally:
+        await client.stop()
+        server.close()
+
+
+async def test_status_after_login_recovers_a_call_and_its_escalation_and_agent_reach_the_pbx() -> None:
+    async with rig() as (fake, client, bound):
         await until(lambda: CALL in client.calls)
         assert client.calls[CALL].customer == "PJSIP/5551234-00000007"  # the agent's channel is not the customer's
         fake.event(Event="AgentConnect", Channel="PJSIP/5551234-00000007", DestChannel="PJSIP/1001-00000008",
@@ -78,7 +91,13 @@ async def test_status_after_login_recovers_a_call_and_its_escalation_and_agent_r
             "Channel": "PJSIP/5551234-00000007", "Variable": "EMOVOICE_ESCALATION", "Value": "customer:alert"}
         fake.event(Event="Hangup", Channel="PJSIP/5551234-00000007")
         await until(lambda: CALL not in client.calls)
-    finally:
-        await client.stop()
-        server.close()
     assert [a["Action"] for a in fake.actions[:2]] == ["Login", "Status"]
+
+
+async def test_an_ari_call_answered_by_a_queue_member_is_bound_by_its_channel_unique_id() -> None:
+    async with rig() as (fake, client, bound):
+        fake.event(Event="AgentConnect", Channel="PJSIP/5551234-00000009", Uniqueid="1796314363.42",
+                   DestChannel="Local/1001@agents-00000003;1", MemberName="1001", Queue="support")
+        await until(lambda: bound)
+        assert bound == [("1796314363.42", "1001")]
+        assert client.calls["1796314363.42"].agent == "Local/1001@agents-00000003;1"

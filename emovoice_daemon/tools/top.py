@@ -196,7 +196,7 @@ def render(state: TopState, now: float) -> Group:
         style = {"alert": "bold white on red", "watch": "black on yellow"}.get(call.severity, "")
         marker = "▶" if call.call_id == state.selected else " "
         table.add_row(
-            "\n".join((marker + call.call_id[:8], *([call.meta["site"]] if "site" in call.meta else []))),
+            "\n".join((marker + call.call_id[:8], *([" " + call.meta["site"]] if "site" in call.meta else []))),
             str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
             _duration(end - call.started),
             "\n".join(_tagged(leg.role, f"{leg.label} {leg.prob:.2f}") for leg in legs),

@@ -188,6 +188,22 @@ def load_csv(csv_path: Path, label_map: Mapping[str, str | None] | None = None) 
     return out
 
 
+def load_labelled(root: Path, label_map: Mapping[str, str | None] | None = None) -> list[Utterance]:
+    """URDU, EMOVO (as in ../shared/data): ``labels.csv`` with ``path,speaker,emotion,label3``; ``label3`` is the
+    3-class label (AMBIGUOUS, e.g. surprise, is excluded); ``label_map`` overrides it per emotion."""
+    out = []
+    with (root / "labels.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            path = root / row["path"]
+            if label_map and row["emotion"] in label_map:
+                label = _map(row["emotion"], label_map, path)
+            else:
+                label = row["label3"] if row["label3"] in CLASSES else None
+            if label is not None:
+                out.append(Utterance(path, label, row["emotion"], f"{root.name}:{row['speaker']}", root.name))
+    return out
+
+
 LOADERS: dict[str, Callable[..., list[Utterance]]] = {
     "cremad": load_cremad,
     "ravdess": load_ravdess,
@@ -195,6 +211,8 @@ LOADERS: dict[str, Callable[..., list[Utterance]]] = {
     "lego": load_lego,
     "folders": load_folders,
     "csv": load_csv,
+    "urdu": load_labelled,
+    "emovo": load_labelled,
 }
 
 

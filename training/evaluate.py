@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 from training.audio import AudioStore, center_window
 from training.augment import CONDITION_TEXT, TELEPHONE_RATE, eval_condition
 from training.calibration import softmax
-from training.corpora import CLASSES, NEGATIVE
+from training.corpora import CLASSES, NEGATIVE, NEUTRAL
 from training.loop import predict_logits
 from training.metrics import classification_report, plot_confusion
 
@@ -44,9 +44,12 @@ def evaluate(
 
 def headline(report: dict) -> dict[str, float]:
     """The numbers the acceptance criteria are about."""
+    per_class = report["calibrated"]["per_class"]
     return {
         "uar": report["calibrated"]["uar"],
-        "negative_recall": report["calibrated"]["per_class"][NEGATIVE]["recall"],
+        "negative_recall": per_class[NEGATIVE]["recall"],
+        "negative_precision": per_class[NEGATIVE]["precision"],
+        "neutral_recall": per_class[NEUTRAL]["recall"],
         "macro_f1": report["calibrated"]["macro_f1"],
         "ece_raw": report["raw"]["ece"],
         "ece_calibrated": report["calibrated"]["ece"],
@@ -69,13 +72,14 @@ def _cell(v: dict | float) -> str:
     return f"{v['mean']:.3f} ± {v['std']:.3f}" if isinstance(v, dict) else f"{v:.3f}"
 
 
-def metrics_table(rows: Sequence[tuple[str, str, dict]]) -> str:
+COLUMN = {"uar": "UAR", "negative_recall": "NEGATIVE recall", "negative_precision": "NEGATIVE precision",
+          "neutral_recall": "NEUTRAL recall", "macro_f1": "macro-F1", "ece_raw": "ECE (T=1)", "ece_calibrated": "ECE (T fitted)"}
+
+
+def metrics_table(rows: Sequence[tuple[str, str, dict]],
+                  keys: Sequence[str] = ("uar", "negative_recall", "macro_f1", "ece_raw", "ece_calibrated")) -> str:
     """Markdown table; each row is (data, condition, headline-like dict of floats or mean/std dicts)."""
-    keys = ("uar", "negative_recall", "macro_f1", "ece_raw", "ece_calibrated")
-    lines = [
-        "| data | condition | UAR | NEGATIVE recall | macro-F1 | ECE (T=1) | ECE (T fitted) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| data | condition | " + " | ".join(COLUMN[k] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
     lines += [f"| {data} | {cond} | " + " | ".join(_cell(vals[k]) for k in keys) + " |" for data, cond, vals in rows]
     conds = sorted({c for _, c, _ in rows})
     return "\n".join(lines) + "\n\n" + "\n".join(f"- *{c}*: {CONDITION_TEXT[c]}" for c in conds if c in CONDITION_TEXT)

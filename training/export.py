@@ -21,14 +21,16 @@ def git_revision() -> str:
     return rev + ("+dirty" if dirty else "")
 
 
-def save_model_dir(model: PreTrainedModel, out_dir: Path, temperature: float, do_normalize: bool, card: str) -> None:
-    """Write ``config.json`` (labels, temperature), ``preprocessor_config.json``, ``model.safetensors``, ``README.md``."""
+def save_model_dir(model: PreTrainedModel, out_dir: Path, temperature: float, do_normalize: bool, card: str,
+                   state_dict: dict | None = None) -> None:
+    """Write ``config.json`` (labels, temperature), ``preprocessor_config.json``, ``model.safetensors`` (``state_dict``
+    when given: e.g. a head without its frozen encoder), ``README.md``."""
     if [model.config.id2label[i] for i in range(model.config.num_labels)] != list(CLASSES):
         raise ValueError(f"model labels must be exactly {CLASSES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.temperature = float(temperature)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, state_dict=state_dict)
     Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=int(model.config.sampling_rate),

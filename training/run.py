@@ -30,7 +30,8 @@ from training.loop import Log, TrainData, predict_logits
 from training.operating_point import recall_bias, shift_output
 from training.splits import holdout_speakers, speaker_folds
 
-TRAINER_MODULES = {"compact": "training.train_compact", "hubert": "training.train_hubert", "superb": "training.train_superb"}
+TRAINER_MODULES = {"compact": "training.train_compact", "hubert": "training.train_hubert", "superb": "training.train_superb",
+                   "whisper": "training.train_whisper"}  # whisper: its own cached-feature protocol (run() only)
 
 
 @dataclass
@@ -90,6 +91,8 @@ def run_folds(cfg: RunConfig, folds_to_run: Sequence[int], log: Log = print) -> 
 
     Folds are independent, so they can run in separate processes (e.g. one thread each) and be summarised later.
     """
+    if cfg.model_kind == "whisper":
+        raise ValueError("model_kind whisper runs every fold from cached features in seconds: use run without --folds/--finalize")
     torch.set_num_threads(cfg.num_threads)
     data = load(cfg.train_corpora, cfg.cache_dir)
     tests = [load([s], cfg.cache_dir) for s in cfg.test_corpora]
@@ -177,7 +180,11 @@ def finalize(cfg: RunConfig, log: Log = print) -> dict:
 
 
 def run(cfg: RunConfig, log: Log = print) -> dict:
-    """Every fold, then :func:`finalize`."""
+    """Every fold, then :func:`finalize` (the Whisper-encoder path runs its own cached-feature protocol)."""
+    if cfg.model_kind == "whisper":
+        from training import train_whisper
+
+        return train_whisper.run(cfg, log)
     run_folds(cfg, range(min(cfg.evaluation.max_folds or cfg.evaluation.folds, cfg.evaluation.folds)), log)
     return finalize(cfg, log)
 

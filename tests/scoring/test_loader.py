@@ -145,3 +145,18 @@ def test_predict_rejects_a_wrong_shape(tmp_path: Path) -> None:
     clf = load_classifier(ModelConfig(path=str(save_model_dir(tmp_path / "m", ["angry", "neutral", "happy"]))))
     with pytest.raises(ValueError, match=r"float32\[B, T\]"):
         clf.predict(np.zeros(16000, dtype=np.float32))
+
+
+def test_default_falls_back_to_the_compact_model_when_it_cannot_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    broken = save_model_dir(tmp_path / "encoder", ["angry", "neutral", "happy"])
+    (broken / "model.safetensors").unlink()
+    compact = tmp_path / "compact"
+    CompactForAudioClassification(CompactConfig()).save_pretrained(compact)
+    Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(compact)
+    monkeypatch.setattr(loader, "DEFAULT_DIR", broken)
+    monkeypatch.setattr(loader, "COMPACT_DIR", compact)
+    clf = load_classifier(ModelConfig())
+    assert clf.sampling_rate == 8000 and "scoring with the compact model" in caplog.text
+    with pytest.raises(ModelError):  # an explicit model.path never falls back
+        load_classifier(ModelConfig(path=str(broken)))

@@ -240,3 +240,15 @@ def test_short_window_states_match_the_padded_30_s_run(tmp_path: Path) -> None:
     frames = len(wave) // 320 - 10  # the window's frames, away from its edge
     cos = [float(torch.nn.functional.cosine_similarity(short[i][0, :frames], padded[i][0, :frames], dim=-1).mean()) for i in range(5)]
     assert cos[0] > 0.9999 and min(cos) > 0.97, cos  # measured 1.000 0.997 0.990 0.986 0.978
+
+
+def test_padded_rows_score_like_their_own_samples(tmp_path: Path) -> None:
+    model = EmoVoiceWhisperForAudioClassification.from_pretrained(tiny_head_dir(tmp_path / "head", tiny_encoder_dir(tmp_path / "enc")))
+    rng = np.random.default_rng(0)
+    long, short = (torch.from_numpy((0.1 * rng.standard_normal(n)).astype(np.float32)) for n in (32000, 24000))
+    batch = torch.stack([long, torch.cat([short, torch.zeros(8000)])])
+    mask = torch.tensor([[1] * 32000, [1] * 24000 + [0] * 8000])
+    with torch.inference_mode():
+        both = model(input_values=batch, attention_mask=mask).logits
+        alone = model(input_values=short[None]).logits
+    torch.testing.assert_close(both[1:], alone)

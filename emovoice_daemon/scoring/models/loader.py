@@ -24,7 +24,9 @@ from emovoice_daemon.scoring.adaptation import LineAdapter
 log = logging.getLogger(__name__)
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
-DEFAULT_DIR = Path(__file__).resolve().parent / "default"
+COMPACT_DIR = Path(__file__).resolve().parent / "default"  # the compact CNN: any CPU, hundreds of legs per core
+ENCODER_DIR = Path(__file__).resolve().parent / "encoder"  # the Whisper-encoder head (needs fetch-encoder)
+DEFAULT_DIR = COMPACT_DIR  # what the daemon runs when model.path is empty (README: why)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 MIN_RATE, MAX_RATE = 8000, 48000
 PLACEHOLDER_SEED = 1234
@@ -232,11 +234,18 @@ def placeholder_model() -> torch.nn.Module:
 
 
 def load_classifier(cfg: ModelConfig) -> Classifier:
-    """``cfg.path``, else the shipped default, else an untrained placeholder (scores mean nothing)."""
+    """``cfg.path``, else the shipped default (the compact model, with a warning, when the default cannot
+    load, e.g. its Whisper checkpoint was never fetched), else an untrained placeholder (scores mean nothing)."""
     if cfg.path:
         return load_directory(Path(cfg.path).expanduser(), cfg)
     if DEFAULT_DIR.is_dir():
-        return load_directory(DEFAULT_DIR, cfg)
+        try:
+            return load_directory(DEFAULT_DIR, cfg)
+        except ModelError as exc:
+            if DEFAULT_DIR == COMPACT_DIR or not COMPACT_DIR.is_dir():
+                raise
+            log.warning("shipped default unusable (%s); scoring with the compact model %s instead", exc, COMPACT_DIR)
+            return load_directory(COMPACT_DIR, cfg)
     log.warning("no model configured and no shipped default: using an UNTRAINED placeholder; scores are not emotion")
     return _finish(
         placeholder_model(), cfg, name="untrained-placeholder", trained=False, sampling_rate=16000,

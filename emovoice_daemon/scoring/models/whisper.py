@@ -165,10 +165,15 @@ class EmoVoiceWhisperForAudioClassification(PreTrainedModel):
         """Logits from standardised features."""
         return self.head(normalised.to(self.feature_mean.dtype))
 
-    def forward(self, input_values: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
-        """Logits with the training site's standardisation (the daemon substitutes the line's own)."""
-        feats = self.pooled_features(input_values)
-        logits = self.classify((feats - self.feature_mean) / self.feature_std)
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        """Logits with the training site's standardisation (the daemon substitutes the line's own); padded rows
+        of a batch (``attention_mask``) are scored on their own samples only."""
+        if attention_mask is not None and not bool(attention_mask.all()):
+            logits = torch.cat([self(input_values[i : i + 1, : int(n)]).logits for i, n in enumerate(attention_mask.sum(1))])
+        else:
+            feats = self.pooled_features(input_values)
+            logits = self.classify((feats - self.feature_mean) / self.feature_std)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

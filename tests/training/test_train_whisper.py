@@ -1,0 +1,85 @@
+"""The Whisper-encoder protocol end to end on a tiny random encoder: feature cache, folds, tables, export."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from synthetic_audio import CLASS_SIGNAL, make_cremad, synth, write
+from transformers import WhisperConfig, WhisperModel
+
+from emovoice_daemon.config import ModelConfig
+from emovoice_daemon.scoring.models.loader import load_classifier
+from training.config import load_config
+from training.corpora import load_corpus
+from training.run import run
+
+TINY = dict(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+
+
+def make_labelled(root: Path) -> Path:
+    """URDU/EMOVO layout: audio/<id>.flac and labels.csv (path,speaker,emotion,label3)."""
+    rows = ["path,speaker,emotion,label3"]
+    for i, (emotion, label) in enumerate([("angry", "NEGATIVE"), ("neutral", "NEUTRAL"), ("happy", "POSITIVE"),
+                                          ("surprise", "AMBIGUOUS")] * 3):
+        write(root / "audio" / f"c{i}.flac", synth(CLASS_SIGNAL.get(label, "tone"), 1.0, 8000, seed=500 + i), 8000)
+        rows.append(f"audio/c{i}.flac,S{i % 2},{emotion},{label}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_labelled_csv_loader_excludes_ambiguous(tmp_path: Path) -> None:
+    utts = load_corpus("urdu", make_labelled(tmp_path / "urdu"))
+    assert len(utts) == 9 and {u.label for u in utts} == {"NEGATIVE", "NEUTRAL", "POSITIVE"}
+    assert {u.speaker for u in utts} == {"urdu:S0", "urdu:S1"}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    WhisperModel(WhisperConfig(**TINY)).save_pretrained(tmp_path / "enc")
+    make_cremad(tmp_path / "cremad", actors=8)
+    make_labelled(tmp_path / "urdu")
+    path = tmp_path / "whisper.yaml"
+    path.write_text(f"""
+model_kind: whisper
+model: {{encoder: {tmp_path / 'enc'}, encoder_layers: 2, layers: [1, 2], train_conditions: [clean, aug1],
+         in_corpus_conditions: [clean, telephony], history_s: 6}}
+train_corpora: [{{kind: cremad, path: {tmp_path / 'cremad'}}}]
+test_corpora: [{{kind: urdu, path: {tmp_path / 'urdu'}}}]
+train: {{epochs: 3, batch_size: 16, lr: 0.01}}
+evaluation: {{folds: 2, val_fraction: 0.5, conditions: [clean, telephony], negative_recall_target: 0.8}}
+ship: fold0
+num_threads: 1
+cache_dir: {tmp_path / 'cache'}
+output_dir: {tmp_path / 'run'}
+export_dir: {tmp_path / 'export'}
+card: {{title: tiny}}
+""")
+    return path
+
+
+def test_protocol_prints_tables_exports_a_loadable_head_and_reuses_its_cache(config: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    run(load_config(config), lines.append)
+    text = "\n".join(lines)
+    assert sum("encoding" in line for line in lines) == 5  # cremad: telephony, clean, aug1; urdu: clean, telephony
+    metrics = (tmp_path / "run" / "metrics.md").read_text()
+    for needle in ("cremad held-out actors, mean ± std over 2 folds", "urdu (never trained on), shipped model",
+                   "NEUTRAL recall", "NEGATIVE precision", "site statistics + 6 s of leg", "site + 30 s of leg",
+                   "training stats (no adaptation)"):
+        assert needle in metrics and needle in text, needle
+    probs = np.load(tmp_path / "run" / "shipped_probs.npz")
+    assert list(probs["names"]) == ["cremad", "urdu"] and probs["urdu/probs"].shape == (9, 3)
+    export = tmp_path / "export"
+    assert not [k for k in load_file(export / "model.safetensors") if k.startswith("encoder.")]
+    clf = load_classifier(ModelConfig(path=str(export), adapt=False))
+    assert len(clf.model.encoder.layers) == 2 and clf.sampling_rate == 16000
+    p = clf.predict(np.zeros((1, 24000), np.float32) + 0.01)
+    assert p.shape == (1, 3) and np.isclose(p.sum(), 1.0, atol=1e-5)
+    again: list[str] = []
+    run(load_config(config), again.append)
+    assert not [line for line in again if "encoding" in line]

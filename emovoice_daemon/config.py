@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ def probability(value: Any) -> str | None:
 
 def port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number 0-65535"
+
+
+def worker_count(value: Any) -> str | None:
+    return None if value == "auto" or (isinstance(value, int) and value >= 1) else "must be a number >= 1 or auto"
 
 
 def one_of(*choices: str) -> Check:
@@ -247,6 +252,13 @@ class EventsConfig:
 @dataclass
 class ServiceConfig:
     drain_timeout_s: float = _f(10.0, positive, "SIGTERM: longest wait for live calls to be scored and logged")
+    workers: int | str = _f(1, worker_count, "processes scoring AudioSocket calls: 1 = the main process; N or auto "
+                            "(one per CPU core) = worker processes, one event stream and API in the main process")
+
+
+def resolve_workers(value: int | str) -> int:
+    """``service.workers`` as a number of processes (``auto``: the CPU cores this process may use)."""
+    return len(os.sched_getaffinity(0)) if value == "auto" else int(value)
 
 
 @dataclass
@@ -347,6 +359,11 @@ class Config:
 
 def _type_error(value: Any, hint: Any) -> str | None:
     origin = typing.get_origin(hint) or hint
+    if origin is types.UnionType:
+        args = typing.get_args(hint)
+        if any(_type_error(value, arg) is None for arg in args):
+            return None
+        return f"expected {' or '.join(a.__name__ for a in args)}, got {type(value).__name__} {value!r}"
     if origin is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif origin is int:

@@ -97,7 +97,8 @@ class DaemonProcess:
         raise AssertionError(f"condition not met in {timeout}s; daemon stderr:\n{self.stderr_path.read_text()[-3000:]}")
 
 
-def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None = None) -> DaemonProcess:
+def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None = None,
+                 ready_s: float = 60) -> DaemonProcess:
     """Run ``emovoice-daemon run`` with a temp config and wait until /health answers."""
     as_port, api_port = free_port(), free_port()
     config = {"audiosocket": {"port": as_port}, "api": {"port": api_port, "token": "test-token"},
@@ -112,7 +113,7 @@ def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None
                             env={**os.environ, **(env or {})})
     daemon = DaemonProcess(proc, config["audiosocket"]["port"], config["api"]["port"], config["api"]["token"],
                            tmp_path / "events.jsonl", stderr_path)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"daemon exited {proc.returncode}:\n{stderr_path.read_text()[-3000:]}")
@@ -123,7 +124,7 @@ def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None
             pass
         time.sleep(0.2)
     proc.kill()
-    raise AssertionError(f"daemon not healthy in 60 s:\n{stderr_path.read_text()[-3000:]}")
+    raise AssertionError(f"daemon not healthy in {ready_s} s:\n{stderr_path.read_text()[-3000:]}")
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 20) -> None:

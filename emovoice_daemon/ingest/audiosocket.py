@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import itertools
 import logging
+import socket
 import struct
 import uuid
 from typing import NamedTuple
@@ -296,6 +297,12 @@ class AudioSocketServer:
             await Connection(self.cfg, self.calls, role, reader, writer).run()
         finally:
             self._tasks.discard(task)
+
+    async def adopt(self, role: str, sock: socket.socket) -> None:
+        """Serve a connection accepted by another process (the main process of a worker pool)."""
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        await self._accept(role, reader, writer)
 
     async def stop_accepting(self) -> None:
         """Close the listeners; live connections go on."""

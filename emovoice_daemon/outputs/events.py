@@ -43,6 +43,11 @@ class EventBus:
         return {"v": SCHEMA_VERSION, "type": type_, "ts": round(time.time(), 3), "seq": next(self._seq),
                 "call_id": call_id, "role": role, **fields}
 
+    def forward(self, event: Event) -> None:
+        """Publish an event made by another process's bus (a worker), numbered in this bus's sequence."""
+        event["seq"] = next(self._seq)
+        self.publish(event)
+
     def publish(self, event: Event) -> None:
         metrics.EVENTS_TOTAL.labels(event["type"]).inc()
         for sink in self._sinks:

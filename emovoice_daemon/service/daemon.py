@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from emovoice_daemon.calls import CallManager
-from emovoice_daemon.config import Config
+from emovoice_daemon.config import Config, resolve_workers
 from emovoice_daemon.ingest.ami import AmiClient
 from emovoice_daemon.ingest.ari import AriController
 from emovoice_daemon.ingest.audiosocket import AudioSocketServer
@@ -28,6 +28,7 @@ from emovoice_daemon.outputs.webhook import WebhookSender
 from emovoice_daemon.scoring.engine import ScoringEngine
 from emovoice_daemon.scoring.models.loader import Classifier, load_classifier
 from emovoice_daemon.scoring.recorder import RecordingEngine
+from emovoice_daemon.service.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Daemon:
         self.ari: AriController | None = None
         self.ami: AmiClient | None = None
         self.sip: SipEndpoint | None = None
+        self.workers: WorkerPool | None = None
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -69,7 +71,10 @@ class Daemon:
         leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine
         self.calls = CallManager(leg_engine, self.bus, policy_factory(cfg.escalation), self.model_info)
         self._start_escalation_outputs()
-        self.audiosocket = AudioSocketServer(cfg.audiosocket, self.calls)
+        if cfg.audiosocket.enabled and resolve_workers(cfg.service.workers) > 1:
+            self.workers = self.audiosocket = WorkerPool(cfg, self.bus)
+        else:
+            self.audiosocket = AudioSocketServer(cfg.audiosocket, self.calls)
         if cfg.audiosocket.enabled:
             await self.audiosocket.start()
         await self._start_telephony()
@@ -132,7 +137,9 @@ class Daemon:
         self._runner, self.api_address = await start_api(cfg, context)
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "legs": len(self.calls.legs), "model": self.model_info,
+        workers = {"workers": self.workers.health()} if self.workers else {}
+        return {"status": "ok", "legs": len(self.calls.legs) + (self.workers.live_legs if self.workers else 0),
+                **workers, "model": self.model_info,
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "device": str(getattr(self.classifier, "device", "cpu")),
                 "cpu_load": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}

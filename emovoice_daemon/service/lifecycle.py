@@ -140,7 +140,8 @@ async def serve(daemon: Daemon) -> None:
 
 def _reload(daemon: Daemon, notify: Notifier) -> None:
     notify.send(RELOADING="1", MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
-    reload_config(daemon)
+    if reload_config(daemon) and daemon.workers is not None:
+        daemon.workers.reload()
     notify.ready(status_line(daemon))
 
 

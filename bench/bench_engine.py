@@ -15,7 +15,7 @@ unanswered as infinitely late. Each leg's first window is left out of the statis
 every window; real calls start at random times, so few legs are in that state at once). Leg counts double until a trial fails, then a binary
 search narrows the gap. Runs on CUDA when present.
 
-    .venv/bin/python bench/bench_engine.py            # a few minutes on a 2-core CPU
+    .venv/bin/python -m bench.bench_engine            # a few minutes on a 2-core CPU
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Milliseconds per 3 s window for an exported model on this CPU: 1 and 2 threads, optionally batched and int8.
 
-Usage: python bench/bench_model_latency.py [model_dir] [--repeats N] [--batch B] [--int8]
+Usage: .venv/bin/python -m bench.bench_model_latency [model_dir] [--repeats N] [--batch B] [--int8]
 
 Besides wall-clock time it prints the thread's CPU time per window (``time.thread_time``), the cost that
 decides legs per core; on a machine other jobs share, wall time overstates it.

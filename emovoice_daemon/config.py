@@ -401,6 +401,23 @@ def _build_section(cls: type, node: yaml.Node, where: str, name: str, errors: li
     return cls(**values)
 
 
+def _duplicate_keys(node: yaml.Node, where: str, prefix: str) -> list[str]:
+    """A key given twice in one mapping, at any depth (YAML would silently keep the last one)."""
+    errors: list[str] = []
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            errors += _duplicate_keys(item, where, prefix)
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+            if key in first:
+                errors.append(f"{where}:{line}: {key}: duplicate key (first given on line {first[key]})")
+            first.setdefault(key, line)
+            errors += _duplicate_keys(value_node, where, f"{key}.")
+    return errors
+
+
 def parse_config(text: str, where: str = "<string>") -> Config:
     """Parse and validate YAML text; raises ConfigError listing every problem."""
     try:
@@ -409,7 +426,7 @@ def parse_config(text: str, where: str = "<string>") -> Config:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
         raise ConfigError([f"{where}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    errors: list[str] = []
+    errors: list[str] = _duplicate_keys(root, where, "") if root is not None else []
     sections: dict[str, Any] = {}
     if root is not None:
         if not isinstance(root, yaml.MappingNode):

@@ -98,7 +98,7 @@ class DaemonProcess:
 
 
 def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None = None,
-                 ready_s: float = 60) -> DaemonProcess:
+                 ready_s: float = 180) -> DaemonProcess:
     """Run ``emovoice-daemon run`` with a temp config and wait until /health answers."""
     as_port, api_port = free_port(), free_port()
     config = {"audiosocket": {"port": as_port}, "api": {"port": api_port, "token": "test-token"},

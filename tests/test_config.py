@@ -88,3 +88,12 @@ def test_daemon_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert f"{bad}:2: audiosocket.port: must be a port number 0-65535" in run.stderr
+
+
+def test_duplicate_keys_at_any_level_are_errors() -> None:
+    """YAML keeps the last of two equal keys: a second api section would silently drop a configured token."""
+    errors = errors_of("api:\n  token: secret\napi:\n  port: 8766\nescalation:\n  profiles:\n"
+                       "    vip: {enter: 0.5, enter: 0.7}\n  enter: 0.6\n  enter: 0.65\n")
+    assert errors == ["c.yaml:3: api: duplicate key (first given on line 1)",
+                      "c.yaml:7: escalation.profiles.vip.enter: duplicate key (first given on line 7)",
+                      "c.yaml:9: escalation.enter: duplicate key (first given on line 8)"]

@@ -43,7 +43,7 @@ class ApiContext:
 CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("context")
 SOCKETS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
 WS_CLOSE_TIMEOUT_S = 2.0  # how long a closing client may take to answer the close frame
-PUBLIC_PATHS = {"/health", *notifier.PUBLIC_PATHS}  # the agent page and socket check agent tokens
+PUBLIC_PATHS = {"/", "/health", *notifier.PUBLIC_PATHS}  # the agent page and socket check agent tokens
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -67,6 +67,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                  headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
+
+
+INDEX = """EmoVoice daemon API
+
+/agent/#agent=ID&token=AGENT_TOKEN   the agent page (a browser; no API token needed)
+/health                               daemon health (JSON; no token needed)
+/events  /calls  /calls/{id}  /metrics   need the API token: Authorization: Bearer TOKEN (or ?token=)
+supervisor view: emovoice-top --url http://THIS-HOST:PORT --token-file /etc/emovoice/api-token
+"""
+
+
+async def index(request: web.Request) -> web.Response:
+    """``/``: what is served here (someone opened the API address in a browser)."""
+    return web.Response(text=INDEX)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -132,6 +146,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     app[CONTEXT_KEY] = ctx
     app[SOCKETS_KEY] = set()
     app.on_shutdown.append(close_websockets)
+    app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/events", events_ws)

@@ -70,3 +70,23 @@ class EventBus:
                 yield await queue.get()
         finally:
             self._subscribers.discard(queue)
+
+
+journal_log = logging.getLogger("emovoice_daemon.journal")
+
+
+def journal(event: Event) -> None:
+    """EventBus sink: one INFO line per call start and end and per escalation (what an operator tails)."""
+    kind, leg = event["type"], f"call {event['call_id']} {event['role']}"
+    if kind == "call.started":
+        journal_log.info("%s started (%s)", leg, event.get("source", ""))
+    elif kind == "call.ended":
+        s = event.get("summary", {})
+        journal_log.info("%s ended (%s): %.0f s, %s windows scored, peak NEGATIVE %s, %s escalations", leg,
+                         event.get("reason", ""), s.get("duration_s", 0), s.get("windows_scored", 0),
+                         s.get("peak_negative", "-"), s.get("escalations", 0))
+    elif kind == "escalation.raised":
+        journal_log.info("%s escalation raised: %s at %s s, %s (NEGATIVE smoothed %s)", leg, event.get("severity"),
+                         event.get("at"), event.get("reason"), event.get("negative_smoothed"))
+    elif kind == "escalation.cleared":
+        journal_log.info("%s escalation cleared at %s s after %s s", leg, event.get("at"), event.get("duration_s"))

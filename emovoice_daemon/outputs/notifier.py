@@ -216,11 +216,17 @@ async def page(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=content_type, headers=PAGE_HEADERS)
 
 
-PUBLIC_PATHS = {"/agent/", "/agent/ws", *(f"/agent/{f}" for f in PAGE_FILES if f)}
+PUBLIC_PATHS = {"/agent", "/agent/", "/agent/ws", *(f"/agent/{f}" for f in PAGE_FILES if f)}
+
+
+async def to_page(request: web.Request) -> web.Response:
+    """``/agent`` -> ``/agent/`` (the browser keeps the ``#agent=...&token=...`` fragment)."""
+    raise web.HTTPPermanentRedirect(f"/agent/{'?' + request.query_string if request.query_string else ''}")
 
 
 def add_routes(app: web.Application, notifier: AgentNotifier) -> None:
     """``/agent/`` page files, ``/agent/ws`` (own auth: list them in the API's public paths), ``/agent/bind``."""
+    app.router.add_get("/agent", to_page)
     app.router.add_get("/agent/", page)
     app.router.add_get("/agent/{file:agent\\.(?:js|css)}", page)
     app.router.add_get("/agent/ws", notifier.serve)

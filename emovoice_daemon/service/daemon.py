@@ -20,7 +20,7 @@ from emovoice_daemon.judgement.cues import CueTracker
 from emovoice_daemon.judgement.policy import policy_factory
 from emovoice_daemon.outputs.api import ApiContext, api_token, start_api
 from emovoice_daemon.outputs.eventlog import EventLog
-from emovoice_daemon.outputs.events import EventBus
+from emovoice_daemon.outputs.events import EventBus, journal
 from emovoice_daemon.outputs.history import CallHistory
 from emovoice_daemon.outputs.jetstream import JetStreamPublisher
 from emovoice_daemon.outputs.notifier import AgentNotifier
@@ -66,6 +66,7 @@ class Daemon:
         self.event_log = EventLog(cfg.events.log_path, cfg.events.rotate_bytes, cfg.events.rotate_keep,
                                   cfg.events.fsync_interval_s)
         self.bus.add_sink(self.event_log.write)
+        self.bus.add_sink(journal)
         self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
         leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine

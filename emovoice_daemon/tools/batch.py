@@ -185,7 +185,7 @@ def plot_timeline(report: CallReport, path: Path, escalation: EscalationConfig) 
     ax.axhline(escalation.exit, color="tab:green", ls=":", lw=0.8, label="exit")
     ax.set(xlim=(0, max(report.duration_s, 1.0)), ylim=(0, 1), xlabel="seconds", ylabel="P(NEGATIVE)",
            title=report.path.name)
-    ax.legend(loc="upper left", fontsize=7, ncol=3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0)  # beside the plot, not on it
     fig.tight_layout()
     fig.savefig(path)
 

@@ -24,7 +24,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emovoice_daemon.service import lifecycle
     from emovoice_daemon.service.daemon import Daemon
 
+    from emovoice_daemon.service.preflight import file_problems, port_problems
+
     config = _load_or_exit(args.config)
+    problems = port_problems(config) or file_problems(config)
+    if problems:
+        raise SystemExit(f"emovoice-daemon: cannot start: {'; '.join(problems)}")
     asyncio.run(lifecycle.run(Daemon(config)))  # start failures exit 1 with one "cannot start" line (lifecycle)
     return 0
 
@@ -41,7 +46,15 @@ def cmd_hub(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    _load_or_exit(args.file)
+    from emovoice_daemon.service.preflight import file_problems, port_problems
+
+    config = _load_or_exit(args.file)
+    problems = file_problems(config) + (port_problems(config) if args.ports else [])
+    for problem in problems:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"configuration cannot start: {len(problems)} problem(s)", file=sys.stderr)
+        return 2
     print(f"{args.file}: OK")
     return 0
 
@@ -112,14 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon (the default)")
     run.add_argument("-c", "--config", help="YAML config (default: built-in defaults)")
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("file")
+    check = sub.add_parser("check-config", help="validate a config file and exit",
+                           description="Validate a config file as `run` would: every key and value, duplicate keys, "
+                           "and the files it names (model directory, token/secret/TLS files, agents_file, event log "
+                           "and history paths). Exit 0 when it can start, 2 with one line per problem otherwise.")
+    check.add_argument("file", help="YAML config")
+    check.add_argument("--ports", action="store_true", help="also check that the listener ports are free "
+                       "(not while the daemon runs)")
     check.set_defaults(func=cmd_check_config)
-    sim = sub.add_parser("simulate", help="play WAV files as real-time AudioSocket calls")
-    sim.add_argument("wav", nargs="+")
-    sim.add_argument("--calls", type=int, default=1)
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=9093)
+    sim = sub.add_parser("simulate", help="play WAV files as real-time AudioSocket calls",
+                         description="Play recordings into a running daemon's AudioSocket port as real-time calls, "
+                         "byte for byte what Asterisk's AudioSocket() sends (also a load generator).")
+    sim.add_argument("wav", nargs="+", help="recordings (any rate; the first channel is sent as 8 kHz slin)")
+    sim.add_argument("--calls", type=int, default=1, help="concurrent calls (default: 1)")
+    sim.add_argument("--host", default="127.0.0.1", help="daemon AudioSocket host (default: 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=9093, help="daemon AudioSocket port (default: 9093)")
     sim.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")
     sim.set_defaults(func=cmd_simulate)
     demo = sub.add_parser("demo", help="run the daemon and stream sample calls into it")
@@ -152,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command is None:
         args = build_parser().parse_args(["run", *(argv or sys.argv[1:])])
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C before the event loop handles it (imports, model load): no traceback
+        print("emovoice-daemon: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

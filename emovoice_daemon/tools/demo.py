@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -139,6 +140,7 @@ async def run_demo(config: Config, calls: list[DemoCall], slots: int, duration: 
     """Start the daemon, loop the calls through it (``slots`` at a time), print events; stop on Ctrl-C or after
     ``duration``. Ctrl-C during start-up stops as soon as the daemon is up."""
     stop = stop_on_signals()
+    logging.getLogger("emovoice_daemon.journal").setLevel(logging.WARNING)  # the demo prints these events itself
     daemon = Daemon(with_demo_agent(config))
     await daemon.start()
     names: dict[str, str] = {}

@@ -181,9 +181,12 @@ def render(state: TopState, now: float) -> Group:
     h = state.health
     lag = sorted(state.lags)[len(state.lags) // 2] if state.lags else 0.0
     live_mark = Text("● connected", style="green") if state.connected else Text(f"● {state.status}", style="red")
+    live = [c for c in state.calls.values() if not c.ended]
+    ended = len(state.calls) - len(live)
     header = Text.assemble(
         ("emovoice-top  ", "bold"), live_mark,
-        f"   legs {h.get('legs', '-')}   calls {sum(1 for c in state.calls.values() if not c.ended)}"
+        f"   calls {len(live)}{f' (+{ended} ended)' if ended else ''}"
+        f"   legs {sum(1 for c in live for leg in c.legs.values() if leg.label != 'ended')}"
         f"   lag p50 {lag:.0f} ms   device {h.get('device', '-')}"
         f"   load {h.get('cpu_load', '-')}/{h.get('cpus', '-')} CPU   model {h.get('model', {}).get('name', '-')}")
     table = Table(expand=True, header_style="bold", pad_edge=False)
@@ -360,10 +363,10 @@ async def top(make_client: Callable[[TopState], TopClient | NatsTopClient], refr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emovoice-top", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="emovoice-top", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--url", default="http://127.0.0.1:8765", help="daemon API base URL")
     parser.add_argument("--token", default="", help="API token (or --token-file / $EMOVOICE_API_TOKEN)")
-    parser.add_argument("--token-file", default="")
+    parser.add_argument("--token-file", default="", help="file holding the API token (production: /etc/emovoice/api-token)")
     parser.add_argument("--refresh", type=float, default=0.5, help="screen refresh interval, seconds")
     parser.add_argument("--supervisor", default="", help="your name in the daemon's ami.supervisors: l/w ring your phone")
     parser.add_argument("--nats", default="",

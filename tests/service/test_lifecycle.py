@@ -138,7 +138,7 @@ def run_second(config: dict, tmp_path: Path) -> tuple[int, str, float]:
     cfg = write_config(tmp_path / "second.yaml", **config)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.cli", "run", "-c", str(cfg)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # hang guard only
     return proc.returncode, proc.stderr, time.monotonic() - started
 
 
@@ -191,14 +191,20 @@ def test_unusable_files_stop_the_start_with_one_clear_line(tmp_path: Path) -> No
     base = {"audiosocket": {"port": free_port()}, "api": {"port": free_port(), "token": "t"},
             "history": {"path": str(tmp_path / "h.sqlite3")}}
     cases = [
-        ({"events": {"log_path": str(tmp_path / "not-a-dir" / "events.jsonl")}}, "event log"),
+        ({"events": {"log_path": str(tmp_path / "not-a-dir" / "events.jsonl")}}, "events.log_path"),
         ({"events": {"log_path": str(tmp_path / "e.jsonl")}, "notifier": {"agents_file": str(tmp_path / "none.yaml")}},
          "notifier.agents_file: cannot read"),
         ({"events": {"log_path": str(tmp_path / "e.jsonl")}, "model": {"path": str(tmp_path / "no-model")}}, "no-model"),
         ({"events": {"log_path": str(tmp_path / "e.jsonl")},
           "api": {"port": free_port(), "token": "t", "tls_cert": str(tmp_path / "missing.pem")}}, "api.tls_cert"),
+        ({"events": {"log_path": str(tmp_path / "e.jsonl")}, "model": {"path": str(truncated_model(tmp_path / "cut"))}},
+         "model.safetensors: truncated"),
+        ({"events": {"log_path": str(tmp_path / "e.jsonl")},
+          "api": {"port": free_port(), "token_file": str(tmp_path / "no-token")}}, "api.token_file: cannot read"),
+        ({"events": {"log_path": str(tmp_path / "e.jsonl")}, "history": {"path": str(tmp_path)}},
+         "history.path: " + str(tmp_path) + " is a directory"),
     ]
     for overrides, message in cases:
         code, stderr, _ = run_second({**base, **overrides}, tmp_path)
         assert code == 1 and "emovoice-daemon: cannot start:" in stderr and message in stderr, stderr[-2000:]
-        assert "Traceback" not in stderr
+        assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr[-2000:]

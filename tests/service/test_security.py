@@ -55,8 +55,22 @@ async def test_every_route_except_health_needs_the_bearer_token(running: Daemon)
         with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
             await session.ws_connect(base + "/events")
         assert exc.value.status == 401
-    # the only public paths are /health and the agent page, whose socket checks agent tokens itself
-    assert {p for _, p in routes if p in api.PUBLIC_PATHS} <= {"/health", "/agent/", "/agent/ws", "/agent/agent.js"}
+    # the only public paths are /health, the static index and the agent page, whose socket checks agent tokens itself
+    assert {p for _, p in routes if p in api.PUBLIC_PATHS} <= {"/", "/health", "/agent", "/agent/", "/agent/ws",
+                                                               "/agent/agent.js"}
+
+
+async def test_root_says_what_is_served_and_agent_without_slash_redirects(running: Daemon) -> None:
+    base = f"http://{running.api_address}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/") as resp:
+            text = await resp.text()
+            assert resp.status == 200 and "/agent/#agent=ID&token=AGENT_TOKEN" in text and "emovoice-top" in text
+            assert TOKEN not in text
+        async with session.get(base + "/agent", allow_redirects=False) as resp:
+            assert resp.status == 308 and resp.headers["Location"] == "/agent/"
+        async with session.get(base + "/agent") as resp:
+            assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
 
 
 @pytest.mark.parametrize("running", ["api: {port: 0, token: s3cret-token, metrics_public: true}\n"], indirect=True)

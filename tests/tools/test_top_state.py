@@ -1,6 +1,9 @@
 """emovoice-top's state and rendering, from scripted events."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from rich.console import Console
 
 from emovoice_daemon.outputs.events import EventBus
@@ -79,3 +82,22 @@ def test_sparkline_covers_the_last_minute_with_bucket_maxima() -> None:
     assert len(line) == 30 and line.count(SPARK[-1]) == 1 and set(line) == {SPARK[0], SPARK[-1]}
     assert sparkline([]) == ""
     assert sparkline([(5.0, 0.5)], width=10) == " " * 9 + SPARK[4]
+
+
+def test_header_counts_are_the_rows_below_it() -> None:
+    bus, state = EventBus(), TopState()
+    state.health = {"legs": 7}  # a stale /health poll must not contradict the rows
+    for role in ("customer", "agent"):
+        state.apply(bus.make_event("call.started", "separated", role, source="ari", meta={}, model={}))
+    state.apply(bus.make_event("call.started", "mixed-1", "mixed", source="audiosocket", meta={}, model={}))
+    state.apply(bus.make_event("call.started", "gone", "mixed", source="audiosocket", meta={}, model={}))
+    state.apply(bus.make_event("call.ended", "gone", "mixed", reason="eof", summary={}))
+    text = screen(state, state.calls["separated"].started + 5)
+    assert "calls 2 (+1 ended)   legs 3" in text
+    assert all(text.count(row) == 1 for row in ("separate", "mixed-1", "gone"))  # three rows, the last one ended
+
+
+def test_help_has_no_rst_markup() -> None:
+    out = subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.top", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "emovoice-top: a supervisor's live terminal view" in out.stdout
+    assert "``" not in out.stdout

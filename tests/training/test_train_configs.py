@@ -20,3 +20,9 @@ def test_default_config_reproduces_the_shipped_model() -> None:
     cfg = load_config(Path(__file__).resolve().parents[2] / "training" / "configs" / "default.yaml")
     assert cfg.model_kind == "compact" and cfg.export_dir == Path("emovoice_daemon/scoring/models/default")
     assert cfg.ship.startswith("fold") or cfg.ship == "final"
+
+
+def test_own_calls_example_writes_under_runs_and_never_over_the_shipped_model() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[2] / "training" / "configs" / "own-calls.yaml")
+    assert [spec.kind for spec in cfg.train_corpora] == ["csv"]
+    assert cfg.output_dir == Path("runs/own-calls") and cfg.export_dir == Path("runs/own-calls/model")

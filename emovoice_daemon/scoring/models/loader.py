@@ -135,6 +135,27 @@ def map_labels(id2label: dict[Any, str], label_map: dict[str, str], where: str) 
     return np.array(classes)
 
 
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file holds all the bytes its header promises (a cut-short copy fails here, not mid-load)."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        need = 8 + size + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+    if path.stat().st_size < need:
+        raise ModelError(f"{path}: truncated: {path.stat().st_size} bytes, its header needs {need}; copy it again")
+
+
+def validate_model(cfg: ModelConfig) -> None:
+    """What ``load_classifier`` would reject in the model directory, without loading the weights."""
+    path = Path(cfg.path).expanduser() if cfg.path else DEFAULT_DIR
+    if cfg.path or DEFAULT_DIR.is_dir():
+        config, _ = _validate_dir(path)
+        map_labels(config["id2label"], cfg.label_map, str(path / "config.json"))
+
+
 def _validate_dir(path: Path) -> tuple[dict[str, Any], int]:
     """Check the directory's files; returns (config.json, sampling_rate)."""
     if not path.is_dir():
@@ -143,6 +164,8 @@ def _validate_dir(path: Path) -> tuple[dict[str, Any], int]:
     prep = _read_json(path / "preprocessor_config.json")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise ModelError(f"{path}: no weights file (expected one of {', '.join(WEIGHT_FILES)})")
+    if (path / "model.safetensors").is_file():
+        _check_safetensors(path / "model.safetensors")
     rate = prep.get("sampling_rate")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         raise ModelError(

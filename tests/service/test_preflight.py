@@ -1,0 +1,56 @@
+"""check-config finds what `run` would fail on: files the config names, and (on request) taken ports."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from emovoice_daemon.config import parse_config
+from emovoice_daemon.service.preflight import file_problems, port_problems
+from tests.service.test_lifecycle import truncated_model
+
+
+def test_every_unusable_file_is_one_problem_naming_its_key(tmp_path: Path) -> None:
+    (tmp_path / "empty-token").write_text("\n")
+    config = parse_config(f"""
+api: {{token_file: {tmp_path}/no-token, tls_cert: {tmp_path}/no-cert.pem}}
+notifier: {{agents_file: {tmp_path}/no-agents.yaml}}
+model: {{path: {truncated_model(tmp_path / "cut")}}}
+history: {{path: {tmp_path}}}
+events: {{log_path: {tmp_path}/no-dir/events.jsonl}}
+webhook: {{url: "http://127.0.0.1:9/hook", secret_file: {tmp_path}/empty-token}}
+""")
+    problems = file_problems(config)
+    keys = ["api.token_file: cannot read", "api.tls_cert: cannot read", "webhook.secret_file: ", "events.log_path: directory",
+            "history.path: ", "model.path: ", "notifier.agents_file: cannot read"]
+    assert len(problems) == len(keys), problems
+    for key in keys:
+        assert any(key in p for p in problems), (key, problems)
+    assert any("model.safetensors: truncated" in p for p in problems)
+    assert any("is empty" in p for p in problems) and any("is a directory" in p for p in problems)
+
+
+def test_the_defaults_and_a_good_production_like_config_pass(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("t0k3n\n")
+    (tmp_path / "agents.yaml").write_text('"1001": agent-token\n')
+    config = parse_config(f"api: {{token_file: {tmp_path}/token}}\nnotifier: {{agents_file: {tmp_path}/agents.yaml}}\n"
+                          f"history: {{path: {tmp_path}/h.sqlite3}}\nevents: {{log_path: {tmp_path}/e.jsonl}}\n")
+    assert file_problems(config) == []
+
+
+def test_check_config_reports_files_and_taken_ports_only_when_asked(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"audiosocket: {{port: {port}}}\napi: {{port: 0, token_file: {tmp_path}/none}}\n"
+                       f"events: {{log_path: {tmp_path}/e.jsonl}}\nhistory: {{path: {tmp_path}/h.sqlite3}}\n")
+        assert port_problems(parse_config(cfg.read_text())) != []
+        cli = [sys.executable, "-m", "emovoice_daemon.tools.cli", "check-config"]
+        plain = subprocess.run([*cli, str(cfg)], capture_output=True, text=True, timeout=120)
+        ports = subprocess.run([*cli, "--ports", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2 and f"{cfg}: api.token_file: cannot read {tmp_path}/none" in plain.stderr
+    assert "audiosocket.port" not in plain.stderr
+    assert ports.returncode == 2 and f"audiosocket.port: cannot listen on 127.0.0.1:{port}" in ports.stderr

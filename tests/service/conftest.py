@@ -8,6 +8,7 @@ from typing import AsyncIterator, Iterator
 
 import numpy as np
 import pytest
+import yaml
 
 from bench.loadgen import FakeSystemd
 from emovoice_daemon.config import parse_config
@@ -38,8 +39,12 @@ TOKEN = "s3cret-token"
 
 
 def config_text(tmp_path: Path, extra: str = "") -> str:
-    return (f"audiosocket: {{port: 0}}\napi: {{port: 0, token: {TOKEN}}}\n"
-            f"events: {{log_path: {tmp_path / 'events.jsonl'}}}\nhistory: {{path: {tmp_path / 'h.sqlite3'}}}\n{extra}")
+    """The test daemon's config; ``extra`` YAML sections are merged into it (a section may appear only once)."""
+    config = {"audiosocket": {"port": 0}, "api": {"port": 0, "token": TOKEN},
+              "events": {"log_path": str(tmp_path / "events.jsonl")}, "history": {"path": str(tmp_path / "h.sqlite3")}}
+    for section, values in (yaml.safe_load(extra) or {}).items():
+        config[section] = {**config.get(section, {}), **values}
+    return yaml.safe_dump(config)
 
 
 @pytest.fixture

@@ -92,8 +92,7 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 async def test_api_over_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    daemon = Daemon(parse_config(config_text(tmp_path).replace(
-        "api: {port: 0, token: s3cret-token}", f"api: {{port: 0, token: {TOKEN}, tls_cert: {cert}, tls_key: {key}}}")))
+    daemon = Daemon(parse_config(config_text(tmp_path, f"api: {{tls_cert: {cert}, tls_key: {key}}}")))
     await daemon.start()
     try:
         trusted = ssl.create_default_context(cafile=str(cert))
@@ -163,7 +162,7 @@ async def test_rtp_from_an_unregistered_source_is_dropped_and_logged(caplog: pyt
 
 def test_secrets_come_from_environment_then_file_then_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "token").write_text("from-file\n")
-    text = config_text(tmp_path).replace("token: s3cret-token", f"token: from-yaml, token_file: {tmp_path / 'token'}")
+    text = config_text(tmp_path, f"api: {{token: from-yaml, token_file: {tmp_path / 'token'}}}")
     monkeypatch.delenv("EMOVOICE_API_TOKEN", raising=False)
     assert Daemon(parse_config(text)).api_token == "from-file"
     monkeypatch.setenv("EMOVOICE_API_TOKEN", "from-env")

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import soundfile as sf
@@ -83,3 +84,15 @@ def test_ctrl_c_stops_the_demo_cleanly_even_when_pressed_twice(tmp_path: Path) -
     assert proc.returncode == 0, out[-3000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
     assert "stopping" in out
+
+
+def test_ctrl_c_during_start_up_exits_cleanly(tmp_path: Path) -> None:
+    """Pressed while Python imports torch or the model loads: one line at most, never a traceback."""
+    for delay in (0.5, 3.0):
+        proc = subprocess.Popen(demo_command(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "COLUMNS": "200"})
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 130), out[-3000:]
+        assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]

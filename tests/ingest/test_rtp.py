@@ -118,8 +118,23 @@ def test_new_ssrc_flushes_the_old_stream_first() -> None:
     stream.receive(RtpPacket(0, 10, 0, 1, b"\x00" * 160))
     stream.receive(RtpPacket(0, 12, 320, 1, b"\x00" * 160))  # 11 still awaited
     stream.receive(RtpPacket(0, 5000, 0, 2, b"\xff" * 160))
+    stream.finish()
     pcm = np.concatenate(out)
     assert len(pcm) == 4 * 160 and np.all(pcm[-160:] == 0) and stream.stats.lost == 1
+
+
+def test_audio_is_handed_on_in_100_ms_chunks_and_the_rest_at_the_end() -> None:
+    """Per-chunk work (resampling, cues, scoring) every 20 ms packet cost more CPU than 20 calls leave."""
+    out: list[np.ndarray] = []
+    stream = RtpStream(FORMATS["slin16"], out.append, depth=0)
+    for seq in range(4):
+        stream.receive(RtpPacket(118, seq, 320 * seq, 1, b"\x01\x00" * 320))
+    assert out == []
+    stream.receive(RtpPacket(118, 4, 1280, 1, b"\x01\x00" * 320))
+    assert [len(c) for c in out] == [800]  # 5 packets of 20 ms, at the leg's 8 kHz
+    stream.receive(RtpPacket(118, 5, 1600, 1, b"\x01\x00" * 320))
+    stream.finish()
+    assert sum(len(c) for c in out) == 6 * 160
 
 
 class _Sender:

@@ -6,6 +6,7 @@ publishes the events. Leg ids are ``"{call_id}:{role}"``.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Callable
@@ -107,5 +108,4 @@ class CallManager:
         metrics.LIVE_LEGS.set(len(self.legs))
 
     async def end_all(self, reason: str) -> None:
-        for leg in list(self.legs.values()):
-            await leg.end(reason)
+        await asyncio.gather(*(leg.end(reason) for leg in list(self.legs.values())))

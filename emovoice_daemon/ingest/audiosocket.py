@@ -15,10 +15,11 @@ import functools
 import ipaddress
 import itertools
 import logging
+import select
 import socket
 import struct
 import uuid
-from typing import NamedTuple
+from typing import Awaitable, Callable, NamedTuple
 
 import numpy as np
 
@@ -124,12 +125,20 @@ class AudioDecoder:
         self.payload_format = payload_format
         self._resamplers: dict[int, StreamResampler] = {}
 
+    def check(self, frame: Frame) -> None:
+        """An empty payload, or half a slin sample, is the peer's protocol error."""
+        if not frame.payload:
+            raise ProtocolError(f"empty {frame.kind.name} frame")
+        if len(frame.payload) % 2 and (frame.kind != Kind.AUDIO or self.payload_format == "slin"):
+            raise ProtocolError(f"{frame.kind.name} frame of {len(frame.payload)} bytes: slin samples are 2 bytes")
+
     def decode(self, frame: Frame) -> np.ndarray:
+        self.check(frame)
         if frame.kind == Kind.AUDIO and self.payload_format == "ulaw":
             return ulaw_decode(frame.payload)
         if frame.kind == Kind.AUDIO and self.payload_format == "alaw":
             return alaw_decode(frame.payload)
-        pcm = np.frombuffer(frame.payload[: len(frame.payload) // 2 * 2], dtype="<i2")
+        pcm = np.frombuffer(frame.payload, dtype="<i2")
         rate = SLIN_RATES.get(frame.kind, LEG_RATE)
         if rate == LEG_RATE:
             return pcm if pcm.dtype == np.int16 else pcm.astype(np.int16)  # read-only view on little-endian hosts
@@ -140,28 +149,55 @@ class AudioDecoder:
         """Decode consecutive audio frames of one kind as one chunk: the samples that decoding each one gives."""
         if len(frames) == 1:
             return self.decode(frames[0])
-        width = 1 if frames[0].kind == Kind.AUDIO and self.payload_format != "slin" else 2
-        return self.decode(Frame(frames[0].kind, b"".join(f.payload[: len(f.payload) // width * width] for f in frames)))
+        for frame in frames:
+            self.check(frame)
+        return self.decode(Frame(frames[0].kind, b"".join(f.payload for f in frames)))
 
 
 SILENCE_FRAME = encode_frame(Kind.AUDIO, bytes(320))
 KEEPALIVE_AFTER_S = 0.5
 
 
+class TailFirstReader(asyncio.StreamReader):
+    """A StreamReader that hands out the bytes it already holds before a lost connection shows.
+
+    asyncio's own raises the error first and drops what it buffered: under load that was the
+    last seconds of a call. Here a connection error reads as EOF after the data; ``lost`` says why.
+    """
+
+    lost: OSError | None = None
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not isinstance(exc, OSError):
+            super().set_exception(exc)
+            return
+        self.lost = exc
+        self.feed_eof()
+
+
+def _unread_input(fd: int) -> bool:
+    """Bytes or the peer's FIN wait in the kernel: the peer is not quiet, the daemon is behind."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class Connection:
-    """One AudioSocket TCP connection = one call leg."""
+    """One AudioSocket TCP connection; it becomes a call leg with its first valid audio frame."""
 
     def __init__(self, cfg: AudioSocketConfig, calls: CallManager, role: str,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 reader: TailFirstReader, writer: asyncio.StreamWriter) -> None:
         self.cfg, self.calls, self.role, self.reader, self.writer = cfg, calls, role, reader, writer
         self.peer = "%s:%s" % writer.get_extra_info("peername")[:2]
         self.parser = FrameParser(cfg.max_frame_bytes)
         self.decoder = AudioDecoder(cfg.payload_format)
+        self.call_id: str | None = None
         self.leg: Leg | None = None
+        self.stopping = False
         self._last_rx = asyncio.get_running_loop().time()
 
     async def run(self) -> None:
-        """Serve the connection until EOF, hangup, error or idle timeout; always ends the leg."""
+        """Serve the connection until EOF, hangup, error, idle timeout or ``stop()``; always ends the leg."""
         keepalive = asyncio.create_task(self._keepalive()) if self.cfg.keepalive else None
         reason = "error"
         try:
@@ -169,9 +205,7 @@ class Connection:
         except ProtocolError as exc:
             metrics.AUDIOSOCKET_ERRORS.labels("protocol").inc()
             log.warning("audiosocket %s: %s; closing this connection", self.peer, exc)
-        except (ConnectionError, OSError) as exc:
-            log.info("audiosocket %s: connection lost: %s", self.peer, exc)
-            reason = "eof"
+            reason = "protocol_error"
         except asyncio.CancelledError:
             reason = "shutdown"
             raise
@@ -193,10 +227,7 @@ class Connection:
                 while True:
                     data = await self.reader.read(65536)
                     if not data:
-                        if self.parser.pending:
-                            log.warning("audiosocket %s: closed mid-frame (%d bytes dropped)", self.peer,
-                                        self.parser.pending)
-                        return "eof"
+                        return self._at_eof()
                     self._last_rx = loop.time()
                     frames = self.parser.feed(data)
                     if frames:
@@ -211,8 +242,11 @@ class Connection:
     def _handle_all(self, frames: list[Frame]) -> str | None:
         """Act on the frames of one read: consecutive audio frames reach the leg as one chunk."""
         for kind, run in itertools.groupby(frames, key=lambda f: f.kind):
-            if kind in AUDIO_KINDS and self.leg is not None:
-                self.leg.feed(self.decoder.decode_run(list(run)))
+            if kind in AUDIO_KINDS and self.call_id is not None:
+                pcm = self.decoder.decode_run(list(run))
+                if self.leg is None:
+                    self._start(self.call_id)
+                self.leg.feed(pcm)
                 continue
             for frame in run:
                 reason = self._handle(frame)
@@ -220,12 +254,26 @@ class Connection:
                     return reason
         return None
 
+    def _at_eof(self) -> str:
+        if self.stopping:
+            return "shutdown"
+        if self.reader.lost is not None:
+            log.info("audiosocket %s: connection lost: %s", self.peer, self.reader.lost)
+        if self.parser.pending:
+            log.warning("audiosocket %s: closed mid-frame (%d bytes dropped)", self.peer, self.parser.pending)
+        return "eof"
+
+    def stop(self) -> None:
+        """Shutdown: close the socket; what was received is still scored, the leg ends with reason ``shutdown``."""
+        self.stopping = True
+        self.writer.close()
+
     def _handle(self, frame: Frame) -> str | None:
-        """Act on one frame; returns an end reason when the call is over."""
-        if self.leg is None:
+        """Act on one frame (audio goes through _handle_all); returns an end reason when the call is over."""
+        if self.call_id is None:
             if frame.kind != Kind.UUID:
                 raise ProtocolError(f"first frame is {frame.kind.name}, expected UUID")
-            self._start(parse_uuid(frame.payload))
+            self.call_id = parse_uuid(frame.payload)
             return None
         if frame.kind == Kind.HANGUP:
             return "hangup"
@@ -235,10 +283,12 @@ class Connection:
             return "error"
         if frame.kind == Kind.UUID:
             raise ProtocolError("second UUID frame on one connection")
-        self.leg.dtmf(frame.payload[:1].decode("ascii", "replace"))  # audio goes through _handle_all
+        if self.leg is not None:  # Asterisk streams audio from the start: a digit before it is no call
+            self.leg.dtmf(frame.payload[:1].decode("ascii", "replace"))
         return None
 
     def _start(self, call_id: str) -> None:
+        """The first valid audio frame makes the connection a call (call.started)."""
         try:
             self.leg = self.calls.start_leg(call_id, self.role, "audiosocket", {"peer": self.peer})
         except ValueError as exc:
@@ -252,6 +302,8 @@ class Connection:
             transport = self.writer.transport
             if transport.is_closing() or transport.get_write_buffer_size() > 64 * 1024:
                 continue  # a peer that never reads gets no more; its buffer stays bounded
+            if _unread_input(self.writer.get_extra_info("socket").fileno()):
+                continue  # behind on reading, or the caller hung up: a write could only meet a closed socket
             if loop.time() - self._last_rx >= KEEPALIVE_AFTER_S:
                 self.writer.write(SILENCE_FRAME)
 
@@ -267,11 +319,12 @@ class AudioSocketServer:
         self.cfg, self.calls = cfg, calls
         self._allow = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
         self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], Connection] = {}
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         for role, port in [(self.cfg.role, self.cfg.port), *self.cfg.role_ports.items()]:
-            server = await asyncio.start_server(functools.partial(self._accept, role), self.cfg.host, port)
+            server = await loop.create_server(_protocols(functools.partial(self._accept, role)), self.cfg.host, port)
             self._servers.append(server)
             log.info("audiosocket listening on %s (role %s)", _address(server), role)
 
@@ -284,7 +337,7 @@ class AudioSocketServer:
         addr = ipaddress.ip_address(host.split("%")[0])
         return any(addr in net for net in self._allow)
 
-    async def _accept(self, role: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, role: str, reader: TailFirstReader, writer: asyncio.StreamWriter) -> None:
         host = writer.get_extra_info("peername")[0]
         if not self.allowed(host):
             metrics.AUDIOSOCKET_ERRORS.labels("rejected_peer").inc()
@@ -292,17 +345,20 @@ class AudioSocketServer:
             writer.close()
             return
         task = asyncio.current_task()
-        self._tasks.add(task)
+        self._connections[task] = connection = Connection(self.cfg, self.calls, role, reader, writer)
         try:
-            await Connection(self.cfg, self.calls, role, reader, writer).run()
+            await connection.run()
         finally:
-            self._tasks.discard(task)
+            del self._connections[task]
 
     async def adopt(self, role: str, sock: socket.socket) -> None:
         """Serve a connection accepted by another process (the main process of a worker pool)."""
         sock.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        await self._accept(role, reader, writer)
+        loop = asyncio.get_running_loop()
+        reader = TailFirstReader()  # asyncio.open_connection(sock=sock), with the tail-keeping reader
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+        await self._accept(role, reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
     async def stop_accepting(self) -> None:
         """Close the listeners; live connections go on."""
@@ -311,10 +367,17 @@ class AudioSocketServer:
             await server.wait_closed()
 
     async def close_all(self) -> None:
-        """Cancel live connections (their legs end with reason 'shutdown' via the leg's owner)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Close live connections and wait until their legs have ended: what was received is scored, live
+        legs end with reason ``shutdown``, legs already ending (the caller hung up) keep theirs."""
+        for connection in self._connections.values():
+            connection.stop()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+
+def _protocols(accept: Callable[[TailFirstReader, asyncio.StreamWriter], Awaitable[None]]
+               ) -> Callable[[], asyncio.StreamReaderProtocol]:
+    """What ``asyncio.start_server`` builds per connection, with the tail-keeping reader."""
+    return lambda: asyncio.StreamReaderProtocol(TailFirstReader(), accept)
 
 
 def _address(server: asyncio.AbstractServer) -> str:

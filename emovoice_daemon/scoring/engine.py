@@ -122,6 +122,7 @@ class ScoringEngine:
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emovoice-infer")
         self._worker: asyncio.Task[None] | None = None
+        self._stopped = False
         self._inflight: list[_Window] = []
 
     def _streaming_front_end(self) -> streaming.StreamingFrontEnd | None:
@@ -139,11 +140,12 @@ class ScoringEngine:
         self._worker = asyncio.create_task(self._run(), name="scoring-engine")
 
     async def stop(self) -> None:
-        """Stop the worker; windows still queued or in flight are answered ``overload``."""
+        """Stop the worker; windows still queued or in flight, or due later, are answered ``overload``."""
+        self._stopped = True
         if self._worker:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False)  # a batch in flight finishes unheard; the loop is not blocked
         for w in [*self._inflight, *self._queue]:
             self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
         self._inflight, self._queue = [], deque()
@@ -225,6 +227,9 @@ class ScoringEngine:
             return
         n = min(leg.wave.total, int(round((end - start) * self.model_rate / RATE)))
         window = _Window(leg, seq, start, end, leg.wave.last(n), leg.wave.total - n, now)
+        if self._stopped:
+            self._finish(leg, seq, start, end, None, "overload", now)
+            return
         stale = leg.waiting
         if stale is not None and now - stale.due > self.pipeline.hop_s / 2:
             self._finish(leg, stale.seq, stale.start, stale.end, None, "overload", stale.due)

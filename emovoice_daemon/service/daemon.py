@@ -102,6 +102,12 @@ class Daemon:
             self.bus.add_sink(self.ami.on_escalation)
             await self.ami.start()
 
+    async def _end_legs(self) -> None:
+        """Close the sources (a connection's audio already received is still scored), then end what is left."""
+        await self.audiosocket.close_all()
+        await self._stop_telephony()
+        await self.calls.end_all("shutdown")
+
     async def _stop_telephony(self) -> None:
         for component in (self.ami, self.sip, self.ari, self.rtp):
             if component is not None:
@@ -145,13 +151,16 @@ class Daemon:
                 "device": str(getattr(self.classifier, "device", "cpu")),
                 "cpu_load": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
 
-    async def stop(self) -> None:
-        """Stop accepting calls, end live legs (scoring what is buffered), close everything."""
+    async def stop(self, legs_timeout_s: float | None = None) -> None:
+        """Stop accepting calls; every leg ends once, its received audio scored (for at most ``legs_timeout_s``:
+        windows still unscored then are answered ``overload``); close everything."""
         await self.audiosocket.stop_accepting()
-        await self.audiosocket.close_all()
-        await self._stop_telephony()
-        await self.calls.end_all("shutdown")
+        ending = asyncio.create_task(self._end_legs())
+        if not (await asyncio.wait({ending}, timeout=legs_timeout_s))[0]:
+            log.warning("drain: %d legs still being scored after %.1f s; their remaining windows are skipped",
+                        len(self.calls.legs), legs_timeout_s)
         await self.engine.stop()
+        await ending
         if self.history is not None:
             await self.history.drain()
         if self.webhook is not None:  # the last call.ended / escalation.cleared reach the PBX too

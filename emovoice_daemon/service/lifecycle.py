@@ -92,10 +92,13 @@ def reload_config(daemon: Daemon) -> bool:
     return True
 
 
+LEGS_SHARE = 0.7  # of the drain deadline for scoring what the legs received; the rest closes the outputs
+
+
 async def drain(daemon: Daemon, timeout_s: float) -> bool:
     """``daemon.stop()`` within ``timeout_s``; past it, the event log is still fsynced and closed."""
     try:
-        await asyncio.wait_for(daemon.stop(), timeout_s)
+        await asyncio.wait_for(daemon.stop(timeout_s * LEGS_SHARE), timeout_s)
         return True
     except asyncio.TimeoutError:
         log.error("drain took longer than service.drain_timeout_s=%.1f s; closing with %d legs unfinished",

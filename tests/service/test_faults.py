@@ -69,10 +69,13 @@ async def test_faults_cost_healthy_calls_no_event(tmp_path: Path) -> None:
                 assert by_call[r.call_id][-1]["reason"] == "eof"
             elif r.kind in ("slow_loris", "never_reads"):
                 assert r.closed_after_s is not None and r.closed_after_s < IDLE_TIMEOUT_S + 1.5, r
-                assert by_call[r.call_id][-1]["reason"] == "idle_timeout", r
+                if r.kind == "never_reads":  # its second of audio made it a call; the slow loris never sent a frame
+                    assert by_call[r.call_id][-1]["reason"] == "idle_timeout", r
+                else:
+                    assert by_call[r.call_id] == [], r
             else:
                 assert r.closed_after_s is not None and r.closed_after_s < 1.0, r
-                assert all(e["type"] != "call.started" for e in by_call[r.call_id]) or r.kind == "second_uuid"
+                assert by_call[r.call_id] == [], r  # no audio frame: not a call
         assert daemon.proc.poll() is None and daemon.get("/health")[0] == 200
     finally:
         stop_daemon(daemon)

@@ -98,6 +98,7 @@ def test_empty_slin16_payload_does_not_break_the_stream() -> None:
     assert sum(len(c) for c in chunks) == 160
 
 
-def test_empty_high_rate_audiosocket_frame_is_no_audio() -> None:
-    """Was a crash (closing the call) before: an empty 0x11..0x18 frame reached the resampler."""
-    assert len(AudioDecoder("slin").decode(FrameParser(MAX_FRAME).feed(encode_frame(Kind.SLIN16))[0])) == 0
+def test_empty_high_rate_audiosocket_frame_is_a_protocol_error() -> None:
+    """Was a crash before (an empty 0x11..0x18 frame reached the resampler); now the peer's protocol error."""
+    with pytest.raises(ProtocolError, match="empty SLIN16 frame"):
+        AudioDecoder("slin").decode(FrameParser(MAX_FRAME).feed(encode_frame(Kind.SLIN16))[0])

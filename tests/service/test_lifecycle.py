@@ -49,7 +49,8 @@ async def test_sigterm_scores_what_is_buffered_then_exits(tmp_path: Path, speech
         assert summary["windows_scored"] + summary["windows_skipped"] == windows_due(len(speech_8k))
         assert sum(e["type"] == "score" for e in events) == summary["windows_scored"] >= 1
         assert daemon.log_path.read_bytes().endswith(b"\n")
-        assert "emovoice daemon stopped" in daemon.stderr_path.read_text()
+        stderr = daemon.stderr_path.read_text()
+        assert "emovoice daemon stopped" in stderr and "Traceback" not in stderr and "ERROR" not in stderr
     finally:
         stop_daemon(daemon)
 
@@ -60,7 +61,7 @@ async def test_drain_past_its_deadline_still_closes_the_event_log(tmp_path: Path
         calls = type("Calls", (), {"legs": {"c:mixed": object()}})()
         event_log = EventLog(tmp_path / "events.jsonl")
 
-        async def stop(self) -> None:
+        async def stop(self, legs_timeout_s: float) -> None:
             await asyncio.sleep(3600)
 
     hanging = Hanging()

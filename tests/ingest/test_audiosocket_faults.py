@@ -13,7 +13,7 @@ import pytest
 from bench.loadgen import voiced_audio, windows_due
 from emovoice_daemon.calls import CallManager
 from emovoice_daemon.config import AudioSocketConfig, EngineConfig, EscalationConfig, PipelineConfig
-from emovoice_daemon.ingest.audiosocket import AudioSocketServer, Connection, Kind, encode_frame
+from emovoice_daemon.ingest.audiosocket import AudioSocketServer, Connection, Frame, Kind, encode_frame
 from emovoice_daemon.judgement.policy import policy_factory
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.events import Event, EventBus
@@ -122,13 +122,13 @@ async def test_a_lagging_daemon_scores_every_second_the_caller_sent(rig: Rig, mo
     """Overload: a slow model, and ingest starved of CPU (4 ms per frame). The caller sends 30 s and hangs up
     long before the daemon has read it all; the keepalive must not write into the closed socket (its error
     used to discard the audio still buffered), so every second sent is in the leg."""
-    handle = Connection._handle
+    handle_all = Connection._handle_all
 
-    def starved(self: Connection, frame):  # type: ignore[no-untyped-def]
-        time.sleep(0.004)
-        return handle(self, frame)
+    def starved(self: Connection, frames: list[Frame]) -> str | None:
+        time.sleep(0.004 * len(frames))
+        return handle_all(self, frames)
 
-    monkeypatch.setattr(Connection, "_handle", starved)
+    monkeypatch.setattr(Connection, "_handle_all", starved)
     pcm = voiced_audio(30)  # more than the reader buffers: the rest waits in the kernel
     call_ids = [str(uuid.uuid4()) for _ in range(2)]
 

@@ -252,6 +252,8 @@ class EventsConfig:
 @dataclass
 class ServiceConfig:
     drain_timeout_s: float = _f(10.0, positive, "SIGTERM: longest wait for live calls to be scored and logged")
+    health_window_s: float = _f(10.0, positive, "/health: period over which model errors and overload are judged")
+    health_max_overload: float = _f(0.05, probability, "/health: degraded above this share of windows skipped")
     workers: int | str = _f(1, worker_count, "processes scoring AudioSocket calls: 1 = the main process; N or auto "
                             "(one per CPU core) = worker processes, one event stream and API in the main process")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import WSCloseCode, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from emovoice_daemon.config import ApiConfig, read_secret
@@ -39,6 +40,22 @@ class ApiContext:
     notifier: notifier.AgentNotifier | None = None
     listen_in: ListenIn | None = None
 
+
+class OneLineBadRequests(logging.Filter):
+    """aiohttp logs a malformed request (oversized header or URL, not HTTP) as an ERROR with a traceback;
+    anyone can send one, so it becomes one WARNING line naming the peer and what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "%s: bad HTTP request: %s", (record.getMessage(), str(exc)[:200])
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+SERVER_LOG = logging.getLogger(f"{__name__}.server")  # the logger the API's aiohttp server reports errors to
+SERVER_LOG.addFilter(OneLineBadRequests())
 
 CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("context")
 SOCKETS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
@@ -170,7 +187,7 @@ def api_token(cfg: ApiConfig) -> str:
 
 async def start_api(cfg: ApiConfig, ctx: ApiContext) -> tuple[web.AppRunner, str]:
     """Serve the API on ``cfg.host:port`` (TLS when ``tls_cert`` is set); returns the runner and host:port."""
-    runner = web.AppRunner(build_app(ctx), access_log=None)
+    runner = web.AppRunner(build_app(ctx), access_log=None, logger=SERVER_LOG)
     await runner.setup()
     ssl_ctx = None
     if cfg.tls_cert:

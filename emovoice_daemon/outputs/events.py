@@ -1,4 +1,4 @@
-"""Event schema (version 1) and the in-process bus that fans events out to the log and subscribers.
+"""Event schema (version 2) and the in-process bus that fans events out to the log and subscribers.
 
 See docs/architecture.md for every event type and its fields.
 """
@@ -14,7 +14,7 @@ from emovoice_daemon.outputs import metrics
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EVENT_TYPES = ("call.started", "call.dtmf", "score", "escalation.raised", "escalation.cleared", "call.ended")
 
 Event = dict[str, Any]
@@ -30,6 +30,7 @@ class EventBus:
 
     def __init__(self, queue_size: int = 1000) -> None:
         self.queue_size = queue_size
+        self.boot = int(time.time() * 1000)  # this daemon run; (boot, seq) names an event across restarts
         self._seq = itertools.count(1)
         self._sinks: list[Sink] = []
         self._subscribers: set[asyncio.Queue[Event]] = set()
@@ -38,10 +39,10 @@ class EventBus:
         self._sinks.append(sink)
 
     def make_event(self, type_: str, call_id: str, role: str, **fields: Any) -> Event:
-        """A schema-versioned event with a daemon-wide sequence number."""
+        """A schema-versioned event with this run's boot id and a daemon-wide sequence number."""
         assert type_ in EVENT_TYPES, type_
-        return {"v": SCHEMA_VERSION, "type": type_, "ts": round(time.time(), 3), "seq": next(self._seq),
-                "call_id": call_id, "role": role, **fields}
+        return {"v": SCHEMA_VERSION, "type": type_, "ts": round(time.time(), 3), "boot": self.boot,
+                "seq": next(self._seq), "call_id": call_id, "role": role, **fields}
 
     def forward(self, event: Event) -> None:
         """Publish an event made by another process's bus (a worker), numbered in this bus's sequence."""

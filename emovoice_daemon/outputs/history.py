@@ -93,7 +93,8 @@ class CallHistory:
             elif event["type"] == "call.ended":
                 self._db.execute(
                     "UPDATE legs SET ended = ?, reason = ?, summary = ? WHERE call_id = ? AND role = ?",
-                    (event["ts"], event["reason"], json.dumps(event["summary"]), event["call_id"], event["role"]))
+                    (event["summary"].get("last_seen", event["ts"]), event["reason"], json.dumps(event["summary"]),
+                     event["call_id"], event["role"]))
         return True
 
     def list_calls(self, limit: int = 50, offset: int = 0, live: bool | None = None,

@@ -33,8 +33,14 @@ WEBHOOK_DELIVERIES = Counter("emovoice_webhook_deliveries_total", "Webhook deliv
 AGENT_CONNECTIONS = Gauge("emovoice_agent_connections", "Agent notifier WebSocket connections", registry=REGISTRY)
 SIP_CALLS = Counter("emovoice_sip_calls_total", "SIP INVITEs by outcome (answered, refused, no_codec)", ["outcome"],
                     registry=REGISTRY)
-EVENTLOG_ERRORS = Counter("emovoice_eventlog_write_errors_total", "Events the JSONL log could not write (disk full, I/O "
-                          "error)", registry=REGISTRY)
+EVENTLOG_ERRORS = Counter("emovoice_eventlog_write_errors_total", "Failed writes to the JSONL log (disk full, I/O "
+                          "error); the events wait in memory", registry=REGISTRY)
+EVENTLOG_PENDING = Gauge("emovoice_eventlog_pending_events", "Events waiting in memory for the JSONL log to take them",
+                         registry=REGISTRY)
+EVENTLOG_LOST = Counter("emovoice_eventlog_lost_total", "Events lost: the JSONL log could not write them and the "
+                        "memory backlog was full", registry=REGISTRY)
+HEALTH_DEGRADED = Gauge("emovoice_health_degraded", "1 while /health reports degraded for this reason (eventlog, "
+                        "model_errors, overload)", ["reason"], registry=REGISTRY)
 CUE_TALK_OVERS = Counter("emovoice_cue_talk_overs_total", "Talk-overs (both legs voiced >= cues.talk_over_min_s)",
                          registry=REGISTRY)
 CUE_TALK_OVER_SECONDS = Counter("emovoice_cue_talk_over_seconds_total", "Seconds both legs of a call were voiced",

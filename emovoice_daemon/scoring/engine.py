@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -123,6 +123,7 @@ class ScoringEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emovoice-infer")
         self._worker: asyncio.Task[None] | None = None
         self._stopped = False
+        self.outcomes: Counter[str] = Counter()  # windows answered, by outcome (scored, silence, overload, error)
         self._inflight: list[_Window] = []
 
     def _streaming_front_end(self) -> streaming.StreamingFrontEnd | None:
@@ -309,6 +310,7 @@ class ScoringEngine:
                 skipped: str | None, due: float) -> None:
         """Record a window's result and deliver every result of the leg that is now in order."""
         metrics.WINDOWS.labels(skipped or "scored").inc()
+        self.outcomes[skipped or "scored"] += 1
         leg.ready[seq] = (WindowResult(leg.leg_id, start / RATE, end / RATE, probs, skipped, 0.0), due)
         while leg.delivered in leg.ready:
             result, due = leg.ready.pop(leg.delivered)

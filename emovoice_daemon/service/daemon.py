@@ -24,10 +24,12 @@ from emovoice_daemon.outputs.events import EventBus, journal
 from emovoice_daemon.outputs.history import CallHistory
 from emovoice_daemon.outputs.jetstream import JetStreamPublisher
 from emovoice_daemon.outputs.notifier import AgentNotifier
+from emovoice_daemon.outputs.recovery import lost_legs
 from emovoice_daemon.outputs.webhook import WebhookSender
 from emovoice_daemon.scoring.engine import ScoringEngine
 from emovoice_daemon.scoring.models.loader import Classifier, load_classifier
 from emovoice_daemon.scoring.recorder import RecordingEngine
+from emovoice_daemon.service.health import HealthMonitor
 from emovoice_daemon.service.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,13 @@ class Daemon:
         self.bus.add_sink(journal)
         self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
+        self.health_monitor = HealthMonitor(self.event_log, self.engine.outcomes, cfg.service.health_window_s,
+                                            cfg.service.health_max_overload)
+        self._tasks.append(asyncio.create_task(self.health_monitor.run(), name="health"))
         leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine
         self.calls = CallManager(leg_engine, self.bus, policy_factory(cfg.escalation), self.model_info)
         self._start_escalation_outputs()
+        self._recover_lost_legs()
         if cfg.audiosocket.enabled and resolve_workers(cfg.service.workers) > 1:
             self.workers = self.audiosocket = WorkerPool(cfg, self.bus)
         else:
@@ -101,6 +107,16 @@ class Daemon:
             self.ami = AmiClient(cfg.ami, self._bind_agent)
             self.bus.add_sink(self.ami.on_escalation)
             await self.ami.start()
+
+    def _recover_lost_legs(self) -> None:
+        """After a kill: ``call.ended`` (reason ``lost``) for every leg the last run left open in the event log."""
+        if not self.event_log.crashed:
+            return
+        lost = lost_legs(self.event_log.files())
+        for leg in lost:
+            self.bus.publish(self.bus.make_event("call.ended", leg.call_id, leg.role, reason="lost",
+                                                 summary=leg.summary()))
+        log.warning("the last run did not stop cleanly: %d legs it left open are ended as lost", len(lost))
 
     async def _end_legs(self) -> None:
         """Close the sources (a connection's audio already received is still scored), then end what is left."""
@@ -144,8 +160,10 @@ class Daemon:
         self._runner, self.api_address = await start_api(cfg, context)
 
     def health(self) -> dict[str, Any]:
+        reasons = self.health_monitor.check()
         workers = {"workers": self.workers.health()} if self.workers else {}
-        return {"status": "ok", "legs": len(self.calls.legs) + (self.workers.live_legs if self.workers else 0),
+        return {"status": "degraded" if reasons else "ok", "reasons": reasons,
+                "legs": len(self.calls.legs) + (self.workers.live_legs if self.workers else 0),
                 **workers, "model": self.model_info,
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "device": str(getattr(self.classifier, "device", "cpu")),

@@ -63,7 +63,9 @@ def check_ports_free(config: Config) -> None:
 
 
 def status_line(daemon: Daemon) -> str:
-    return f"serving {len(daemon.calls.legs)} live legs, uptime {time.time() - daemon.started_at:.0f} s"
+    reasons = daemon.health_monitor.check()
+    return (f"serving {len(daemon.calls.legs)} live legs, uptime {time.time() - daemon.started_at:.0f} s"
+            + (f"; degraded: {'; '.join(reasons.values())}" if reasons else ""))
 
 
 def reload_config(daemon: Daemon) -> bool:
@@ -103,7 +105,7 @@ async def drain(daemon: Daemon, timeout_s: float) -> bool:
     except asyncio.TimeoutError:
         log.error("drain took longer than service.drain_timeout_s=%.1f s; closing with %d legs unfinished",
                   timeout_s, len(daemon.calls.legs))
-        daemon.event_log.close()
+        daemon.event_log.close(clean=False)  # the next start recovers legs left without call.ended
         return False
 
 
@@ -132,6 +134,7 @@ async def serve(daemon: Daemon) -> None:
     stop = stop_on_signals()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, daemon, notify)
     notify.ready(status_line(daemon))
+    daemon.health_monitor.on_change = lambda: notify.status(status_line(daemon))
     watchdog = asyncio.create_task(notify.watchdog(lambda: status_line(daemon)), name="sd-watchdog")
     await stop.wait()
     log.info("stopping: draining %d live legs", len(daemon.calls.legs))

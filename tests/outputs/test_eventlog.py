@@ -91,7 +91,8 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
         EventLog(tmp_path / "file" / "events.jsonl")
 
 
-def test_failed_write_is_counted_and_leaves_no_partial_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_is_counted_waits_and_leaves_no_partial_line(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "events.jsonl"
     log = EventLog(path)
     log.write({"seq": 1})
@@ -105,8 +106,37 @@ def test_failed_write_is_counted_and_leaves_no_partial_line(tmp_path: Path, monk
     before = metrics.EVENTLOG_ERRORS._value.get()
     monkeypatch.setattr(os, "write", disk_full_after_5_bytes)
     log.write({"seq": 2})
+    assert log.pending == 1 and log.error == "No space left on device" and not log.flush()
+    assert path.read_bytes().endswith(b"\n")  # the partial line was undone
     monkeypatch.setattr(os, "write", real_write)
     log.write({"seq": 3})
     log.close()
-    assert metrics.EVENTLOG_ERRORS._value.get() == before + 1
-    assert [e["seq"] for e in lines(path)] == [1, 3]
+    assert metrics.EVENTLOG_ERRORS._value.get() == before + 2
+    assert [e["seq"] for e in lines(path)] == [1, 2, 3] and log.pending == 0 and log.lost == 0
+
+
+def test_a_full_backlog_loses_new_events_and_counts_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = EventLog(tmp_path / "events.jsonl", backlog_bytes=100)
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    for i in range(10):
+        log.write({"seq": i, "pad": "x" * 20})
+    monkeypatch.setattr(os, "write", real_write)
+    assert log.flush() and log.lost == 10 - log_lines_kept(tmp_path / "events.jsonl")
+    log.close()
+
+
+def log_lines_kept(path: Path) -> int:
+    return len(lines(path))
+
+
+def test_the_running_marker_tells_a_killed_daemon_from_a_clean_stop(tmp_path: Path) -> None:
+    first = EventLog(tmp_path / "events.jsonl")
+    assert not first.crashed
+    first.close()
+    second = EventLog(tmp_path / "events.jsonl")
+    assert not second.crashed
+    second.close(clean=False)  # as a kill leaves it
+    third = EventLog(tmp_path / "events.jsonl")
+    assert third.crashed
+    third.close()

@@ -198,3 +198,27 @@ async def test_call_audio_reaches_disk_only_with_record_audio(tmp_path: Path, sp
     assert found[0].stat().st_mode & 0o777 == 0o600
     audio, rate = sf.read(found[0], dtype="int16")
     assert rate == 8000 and np.array_equal(audio, speech_8k)
+
+
+MALFORMED_HTTP = {
+    "100 KB header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    "huge URL": b"GET /" + b"u" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(200) + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED_HTTP.values(), ids=MALFORMED_HTTP.keys())
+async def test_a_malformed_http_request_logs_one_line_not_a_traceback(running: Daemon, request_bytes: bytes,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    host, port = running.api_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request_bytes)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert re.match(rb"HTTP/1.[01] 400 ", reply)
+    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "emovoice_daemon.outputs.api"))]
+    assert all(r.levelno < 40 and r.exc_info is None for r in records), [r.getMessage() for r in records]
+    assert len([r for r in records if r.levelno >= 30]) <= 1
+    assert all(len(r.getMessage()) < 300 for r in records)

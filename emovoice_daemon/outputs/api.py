@@ -48,7 +48,7 @@ class OneLineBadRequests(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = "%s: bad HTTP request: %s", (record.getMessage(), str(exc)[:200])
+            record.msg, record.args = "%s: bad HTTP request: %s", (record.getMessage(), " ".join(str(exc).split())[:200])
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

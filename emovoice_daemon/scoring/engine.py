@@ -252,30 +252,32 @@ class ScoringEngine:
         return float(np.mean(leg.vad.last(frames))) if frames else 0.0
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            now = time.monotonic()
-            todo = []
-            for w in batch:
-                if w.leg.waiting is w:
-                    w.leg.waiting = None
-                if now - w.due > self.cfg.max_lag_s:
-                    self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
-                else:
-                    todo.append(w)
-            if not todo:
-                continue
-            self._inflight = todo
-            try:
-                probs = await loop.run_in_executor(self._executor, self._infer, todo)
-            except Exception:  # a model failure must not stop scoring for every other call
-                log.exception("scoring a batch of %d windows failed", len(todo))
-                probs = [None] * len(todo)
-            self._inflight = []
-            metrics.BATCH_SIZE.observe(len(todo))
-            for w, p in zip(todo, probs):
-                self._finish(w.leg, w.seq, w.start, w.end, p, None if p is not None else "error", w.due)
+            await self._score(await self._next_batch())  # no local keeps an answered batch (and its legs) alive
+
+    async def _score(self, batch: list[_Window]) -> None:
+        """Skip the windows past ``max_lag_s``, run the model on the others, answer every one."""
+        now = time.monotonic()
+        todo = []
+        for w in batch:
+            if w.leg.waiting is w:
+                w.leg.waiting = None
+            if now - w.due > self.cfg.max_lag_s:
+                self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
+            else:
+                todo.append(w)
+        if not todo:
+            return
+        self._inflight = todo
+        try:
+            probs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, todo)
+        except Exception:  # a model failure must not stop scoring for every other call
+            log.exception("scoring a batch of %d windows failed", len(todo))
+            probs = [None] * len(todo)
+        self._inflight = []
+        metrics.BATCH_SIZE.observe(len(todo))
+        for w, p in zip(todo, probs):
+            self._finish(w.leg, w.seq, w.start, w.end, p, None if p is not None else "error", w.due)
 
     async def _next_batch(self) -> list[_Window]:
         while not self._queue:

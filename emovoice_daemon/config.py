@@ -120,7 +120,7 @@ class ApiConfig:
 class ModelConfig:
     path: str = _f("", doc="model directory; empty = the shipped default")
     device: str = _f("auto", one_of("auto", "cpu", "cuda"))
-    threads: int = _f(2, positive, "CPU threads for inference")
+    threads: int = _f(0, non_negative, "CPU threads for inference; 0 = one per 4 usable cores, at least 1")
     quantize_int8: bool = _f(False, doc="int8 dynamic quantisation of linear layers (CPU)")
     label_map: dict[str, str] = _f({}, doc="model label -> NEGATIVE/NEUTRAL/POSITIVE")
     adapt: bool = _f(True, doc="encoder models: standardise features by the site's and the leg's statistics")

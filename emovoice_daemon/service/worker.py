@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import contextlib
 import json
 import logging
@@ -43,7 +44,8 @@ class Worker:
         stop = stop_on_signals()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, reload_config, self)
-        classifier = await asyncio.to_thread(load_classifier, cfg.model)
+        model = dataclasses.replace(cfg.model, threads=cfg.model.threads or 1)  # the pool spreads calls over the cores
+        classifier = await asyncio.to_thread(load_classifier, model)
         self.engine = ScoringEngine(classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
         bus = EventBus()

@@ -160,3 +160,23 @@ def test_default_falls_back_to_the_compact_model_when_it_cannot_load(tmp_path: P
     assert clf.sampling_rate == 8000 and "scoring with the compact model" in caplog.text
     with pytest.raises(ModelError):  # an explicit model.path never falls back
         load_classifier(ModelConfig(path=str(broken)))
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (4, 1), (8, 2), (16, 4), (64, 16)])
+def test_auto_threads_leave_most_cores_to_ingest(cores: int, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.threads 0 (the default): one inference thread per 4 usable cores; on a small box, 1 (issue 17:
+    2 threads cost 11.3 CPU-ms per window against 4.1 with 1, and starved ingest on a loaded 2-core machine)."""
+    assert ModelConfig().threads == 0
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert loader.inference_threads(ModelConfig()) == expected
+    assert loader.inference_threads(ModelConfig(threads=3)) == 3
+
+
+def test_the_loaded_model_uses_the_chosen_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: {0, 1})
+    before = torch.get_num_threads()
+    try:
+        load_classifier(ModelConfig(device="cpu"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

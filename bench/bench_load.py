@@ -260,10 +260,15 @@ def main() -> int:
         finally:
             daemon.stop()
             notify.close()
-        print("\n".join(lines))
-        print("\n".join(f"PROBLEM: {p}" for p in problems) or "all checks passed")
-        if problems:
-            print((workdir / "daemon.stderr").read_text()[-3000:], file=sys.stderr)
+        return report(lines, problems, workdir / "daemon.stderr")
+
+
+def report(lines: list[str], problems: list[str], stderr: Path) -> int:
+    """Print the figures and the problems (with the daemon's last log lines); the exit status."""
+    print("\n".join(lines))
+    print("\n".join(f"PROBLEM: {p}" for p in problems) or "all checks passed")
+    if problems:
+        print(stderr.read_text()[-3000:], file=sys.stderr)
     return 1 if problems else 0
 
 

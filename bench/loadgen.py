@@ -141,16 +141,38 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
-async def malformed(host: str, port: int, variant: str, limit_s: float = 5.0) -> PeerResult:
-    """One of ``MALFORMED``; the daemon must close the connection at once."""
+def _uuid_frame(u: bytes) -> bytes:
+    return encode_frame(Kind.UUID, u)
+
+
+HOSTILE: dict[str, Callable[[bytes], bytes]] = {  # none of these ever sends a valid audio frame: no call
+    **MALFORMED,
+    "nothing": lambda u: b"",
+    "uuid_only": _uuid_frame,
+    "zero_length_audio": lambda u: _uuid_frame(u) + encode_frame(Kind.AUDIO, b""),
+    "odd_length_audio": lambda u: _uuid_frame(u) + encode_frame(Kind.AUDIO, bytes(321)),
+    "truncated_frame": lambda u: _uuid_frame(u) + encode_frame(Kind.AUDIO, bytes(320))[:100],
+    "hangup_first": lambda u: _uuid_frame(u) + encode_frame(Kind.HANGUP),
+}
+
+
+async def malformed(host: str, port: int, variant: str, limit_s: float = 5.0, hang_up: bool = False) -> PeerResult:
+    """One of ``HOSTILE`` (then EOF with ``hang_up``); returns once the daemon has closed the connection."""
     call_id = str(uuid.uuid4())
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(MALFORMED[variant](uuid.UUID(call_id).bytes))
+    writer.write(HOSTILE[variant](uuid.UUID(call_id).bytes))
     with contextlib.suppress(ConnectionError):
         await writer.drain()
+        if hang_up:
+            writer.write_eof()
     closed = await _until_closed(reader, limit_s)
     writer.close()
     return PeerResult(variant, call_id, closed_after_s=closed)
+
+
+async def hostile(host: str, port: int, variant: str) -> PeerResult:
+    """A hostile peer that hangs up after its bytes (a UUID alone, nothing, bad audio ...)."""
+    return await malformed(host, port, variant, hang_up=True)
 
 
 def unit_environment(unit: Path = Path(__file__).resolve().parents[1] / "systemd" / "emovoice.service") -> dict[str, str]:

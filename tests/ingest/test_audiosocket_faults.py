@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import time
 import uuid
 from typing import AsyncIterator
 
 import pytest
 
-from bench.loadgen import voiced_audio, windows_due
+from bench.loadgen import HOSTILE, hostile, voiced_audio, windows_due
 from emovoice_daemon.calls import CallManager
 from emovoice_daemon.config import AudioSocketConfig, EngineConfig, EscalationConfig, PipelineConfig
 from emovoice_daemon.ingest.audiosocket import AudioSocketServer, Connection, Frame, Kind, encode_frame
@@ -65,34 +64,10 @@ def uuid_frame(call_id: str) -> bytes:
     return encode_frame(Kind.UUID, uuid.UUID(call_id).bytes)
 
 
-HOSTILE = {
-    "nothing": lambda u: b"",
-    "uuid_only": uuid_frame,
-    "zero_length_audio": lambda u: uuid_frame(u) + encode_frame(Kind.AUDIO, b""),
-    "odd_length_audio": lambda u: uuid_frame(u) + encode_frame(Kind.AUDIO, bytes(321)),
-    "truncated_frame": lambda u: uuid_frame(u) + encode_frame(Kind.AUDIO, bytes(320))[:100],
-    "unknown_kind": lambda u: uuid_frame(u) + b"\x42\x00\x02ab",
-    "second_uuid": lambda u: uuid_frame(u) + uuid_frame(u),
-    "oversize": lambda u: uuid_frame(u) + struct.pack(">BH", Kind.AUDIO, 65535) + bytes(4096),
-    "hangup_first": lambda u: uuid_frame(u) + encode_frame(Kind.HANGUP),
-}
-
-
-async def send_and_close(port: int, data: bytes) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    writer.write_eof()
-    async with asyncio.timeout(5):  # until the daemon closes its side
-        while await reader.read(4096):
-            pass
-    writer.close()
-
-
 async def test_connections_that_never_deliver_audio_are_not_calls(rig: Rig) -> None:
     started_before = sum(s.value for s in metrics.CALLS_TOTAL.collect()[0].samples if s.name.endswith("_total"))
-    ids = {name: str(uuid.uuid4()) for name in HOSTILE}
-    await asyncio.gather(*(send_and_close(rig.port, make(ids[name])) for name, make in HOSTILE.items()))
+    results = await asyncio.gather(*(hostile("127.0.0.1", rig.port, variant) for variant in HOSTILE))
+    assert all(r.closed_after_s is not None for r in results), results
     await asyncio.sleep(0.2)
     assert rig.events == [] and not rig.calls.legs and rig.engine.live_legs == 0
     started_after = sum(s.value for s in metrics.CALLS_TOTAL.collect()[0].samples if s.name.endswith("_total"))
@@ -107,7 +82,7 @@ async def test_a_protocol_error_after_audio_ends_the_call_as_protocol_error(rig:
     async with asyncio.timeout(5):
         while not rig.calls.legs or next(iter(rig.calls.legs.values())).duration_s < 1.5:
             await asyncio.sleep(0.02)
-    writer.write(HOSTILE[bad](call_id)[len(uuid_frame(call_id)):])
+    writer.write(HOSTILE[bad](uuid.UUID(call_id).bytes)[len(uuid_frame(call_id)):])
     ended = await rig.ended(call_id)
     writer.close()
     assert ended["reason"] == "protocol_error"

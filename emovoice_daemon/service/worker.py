@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import json
 import logging
 import os

@@ -30,7 +30,7 @@ class Rig:
         self.bus.add_sink(self.events.append)
         self.engine = ScoringEngine(classifier, PipelineConfig(), engine_cfg)
         self.calls = CallManager(self.engine, self.bus, policy_factory(EscalationConfig()), {"name": "fake"})
-        self.server = AudioSocketServer(AudioSocketConfig(port=0, idle_timeout_s=2.0), self.calls)
+        self.server = AudioSocketServer(AudioSocketConfig(port=0), self.calls)
 
     @property
     def port(self) -> int:

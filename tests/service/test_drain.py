@@ -77,7 +77,9 @@ async def test_drain_lets_hung_up_legs_finish_and_ends_live_ones(tmp_path: Path,
         assert len(ended[call_id]) == 1, call_id
         event = ended[call_id][0]
         assert event["reason"] == ("eof" if call_id in gone else "shutdown")
-        assert event["summary"]["windows_scored"] == due and event["summary"]["duration_s"] == SECONDS, event
+        summary = event["summary"]  # every window answered: scored, or skipped when a newer one was due first
+        assert summary["windows_scored"] + summary["windows_skipped"] == due and summary["duration_s"] == SECONDS
+        assert summary["windows_scored"] >= due - 2, summary
     assert errors(caplog) == []
     for sock in socks:
         sock.close()

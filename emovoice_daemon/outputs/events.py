@@ -45,8 +45,8 @@ class EventBus:
                 "seq": next(self._seq), "call_id": call_id, "role": role, **fields}
 
     def forward(self, event: Event) -> None:
-        """Publish an event made by another process's bus (a worker), numbered in this bus's sequence."""
-        event["seq"] = next(self._seq)
+        """Publish an event made by another process's bus (a worker), numbered in this bus's run and sequence."""
+        event["boot"], event["seq"] = self.boot, next(self._seq)
         self.publish(event)
 
     def publish(self, event: Event) -> None:

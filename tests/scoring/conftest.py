@@ -79,9 +79,9 @@ def read_8k(path: Path) -> np.ndarray:
     return pcm if rate == 8000 else resample(pcm, rate, 8000).clip(-32768, 32767).astype(np.int16)
 
 
-def real_speech() -> list[tuple[str, np.ndarray]]:
+def real_speech(fallback: bool = True) -> list[tuple[str, np.ndarray]]:
     """(name, 8 kHz int16) for the shared recordings: the Asterisk source and 24 CREMA-D clips joined per actor;
-    without ../shared, the demo's two calls (CREMA-D clips bundled in the package)."""
+    without ../shared (and ``fallback``), the demo's two calls (CREMA-D clips bundled in the package)."""
     out = []
     source = SHARED / "asterisk" / "source_speech_8k.wav"
     if source.exists():
@@ -91,6 +91,6 @@ def real_speech() -> list[tuple[str, np.ndarray]]:
         clips = sorted(cremad.glob(f"{actor}_*.flac"))[:6]
         if clips:
             out.append((f"cremad actor {actor}", np.concatenate([read_8k(c) for c in clips])))
-    return out or [(f"demo call {c.name}", c.audio) for c in bundled_calls()]
+    return out or ([(f"demo call {c.name}", c.audio) for c in bundled_calls()] if fallback else [])
 
 

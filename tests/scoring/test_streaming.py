@@ -68,7 +68,9 @@ def test_only_conv_encoder_models_stream() -> None:
 
 
 def test_streaming_matches_full_window_on_real_speech(speech_8k: np.ndarray) -> None:
-    calls = [pcm for _, pcm in real_speech()] + [speech_8k]
+    calls = [pcm for _, pcm in real_speech(fallback=False)] + [speech_8k]
+    if len(calls) == 1:
+        pytest.skip("../shared not present: the stated tolerance is measured on the shared recordings")
     clf = sharpened(calls)
     stream = [r for c in calls for r in asyncio.run(score(clf, c, streaming=True))]
     full = [r for c in calls for r in asyncio.run(score(clf, c, streaming=False))]

@@ -1,0 +1,45 @@
+"""The shipped Whisper-encoder head: export contract, size budget (head only), card, and it loads with its encoder."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from emovoice_daemon.config import ModelConfig
+from emovoice_daemon.scoring.models.loader import ENCODER_DIR, load_classifier
+from emovoice_daemon.scoring.models.whisper import EncoderMissing, resolve_encoder
+
+
+def test_head_only_files_and_size_budget() -> None:
+    names = {p.name for p in ENCODER_DIR.iterdir()}
+    assert {"config.json", "preprocessor_config.json", "model.safetensors", "README.md"} <= names
+    assert sum(p.stat().st_size for p in ENCODER_DIR.iterdir()) < 20 * 1024 * 1024
+    assert not [k for k in load_file(ENCODER_DIR / "model.safetensors") if k.startswith("encoder.")]
+
+
+def test_config_contract() -> None:
+    cfg = json.loads((ENCODER_DIR / "config.json").read_text())
+    assert cfg["model_type"] == "emovoice-whisper" and cfg["encoder"] == "whisper-base"
+    assert cfg["id2label"] == {"0": "NEGATIVE", "1": "NEUTRAL", "2": "POSITIVE"}
+    assert 0.05 < cfg["temperature"] < 20 and cfg["encoder_layers"] == max(cfg["layers"])
+    pre = json.loads((ENCODER_DIR / "preprocessor_config.json").read_text())
+    assert pre["sampling_rate"] == cfg["sampling_rate"] == 16000
+
+
+def test_model_card_states_data_licences_protocol_and_figures() -> None:
+    card = (ENCODER_DIR / "README.md").read_text()
+    for needle in ("CREMA-D", "ODbL", "Cao et al.", "Whisper", "MIT", "fold-1", "ravdess", "urdu", "emovo", "NEUTRAL recall",
+                   "Warm-up", "code revision", "emovoice-train run --config training/configs/whisper.yaml"):
+        assert needle in card, needle
+
+
+def test_loads_with_the_fetched_encoder_and_scores_windows(tmp_path: Path) -> None:
+    try:
+        resolve_encoder("whisper-base")
+    except EncoderMissing as exc:
+        pytest.skip(str(exc))
+    clf = load_classifier(ModelConfig(path=str(ENCODER_DIR), site_stats_path=str(tmp_path / "site.npz")))
+    x = (0.05 * np.random.default_rng(0).standard_normal((2, 48000))).astype(np.float32)
+    p = clf.predict(x, ["a", "b"])
+    assert p.shape == (2, 3) and np.allclose(p.sum(1), 1.0, atol=1e-5)

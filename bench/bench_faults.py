@@ -148,14 +148,15 @@ def stderr_since(daemon: FaultDaemon, offset: int) -> str:
 
 
 async def sigterm_round(daemon: FaultDaemon, calls: int) -> tuple[list[str], list[str]]:
+    before = {e["call_id"] for e in daemon.events()}
     took, offset = await stop_under_load(daemon, signal.SIGTERM, calls // 2, calls - calls // 2)
     events = daemon.events()
     summary, problems = log_consistency(events)
     out = stderr_since(daemon, offset)
     tracebacks = out.count("Traceback") + out.count(" ERROR ")
-    reasons = Counter(e["reason"] for e in events if e["type"] == "call.ended" and e["boot"] == events[-1]["boot"])
+    reasons = Counter(e["reason"] for e in events if e["type"] == "call.ended" and e["call_id"] not in before)
     problems += [f"{tracebacks} tracebacks/ERROR lines on SIGTERM"] if tracebacks else []
-    return [f"SIGTERM under load ({calls // 2} hung up with windows queued, {calls - calls // 2} live): exit in "
+    return [f"SIGTERM under load ({calls // 2} sent at once and hung up, {calls - calls // 2} live): exit in "
             f"{took:.1f} s, end reasons {dict(reasons)}, tracebacks/ERROR lines {tracebacks}; log: {summary}"], problems
 
 
@@ -172,16 +173,17 @@ async def kill_round(daemon: FaultDaemon, calls: int) -> tuple[list[str], list[s
 
 
 async def disk_full_round(daemon: FaultDaemon, tmpfs: Path, calls: int) -> tuple[list[str], list[str]]:
-    tasks = [asyncio.create_task(healthy(HOST, daemon.as_port, voiced_audio(14, seed=i))) for i in range(calls)]
     filler = tmpfs / "filler"
     async with aiohttp.ClientSession() as session:
+        while (await daemon.health(session))["status"] != "ok":  # the overload round's period has passed
+            await asyncio.sleep(0.2)
+        tasks = [asyncio.create_task(healthy(HOST, daemon.as_port, voiced_audio(14, seed=i))) for i in range(calls)]
         await asyncio.sleep(3.0)
-        full_at = time.monotonic()
         await asyncio.to_thread(fill, filler)
-        while (await daemon.health(session))["status"] != "degraded":
+        full_at = time.monotonic()  # from the moment the disk is full (filling 16 MiB takes a while)
+        while "eventlog" not in (report := await daemon.health(session))["reasons"]:
             await asyncio.sleep(0.02)
         degraded_after = time.monotonic() - full_at
-        report = await daemon.health(session)
         await asyncio.sleep(3.0)
         waiting = (await daemon.health(session))["reasons"].get("eventlog", "")
         freed_at = time.monotonic()
@@ -195,7 +197,7 @@ async def disk_full_round(daemon: FaultDaemon, tmpfs: Path, calls: int) -> tuple
     seqs = [e["seq"] for e in events]
     gaps = sum(b - a - 1 for a, b in zip(seqs, seqs[1:]))
     line = (f"disk full ({calls} live calls, event log tmpfs filled): /health degraded after {degraded_after:.2f} s "
-            f"({next(iter(report['reasons'].values()), '')!r}), after 3 s: {waiting!r}; ok {ok_after:.2f} s after "
+            f"({report['reasons']['eventlog']!r}), after 3 s: {waiting!r}; ok {ok_after:.2f} s after "
             f"space was freed; events lost: {gaps} (seq gaps in this boot)")
     problems = [f"health degraded only after {degraded_after:.2f} s"] if degraded_after > 1.0 else []
     problems += [f"{gaps} events lost"] if gaps else []
@@ -204,7 +206,7 @@ async def disk_full_round(daemon: FaultDaemon, tmpfs: Path, calls: int) -> tuple
 
 def fill(path: Path) -> None:
     """Write zeros until the filesystem is full."""
-    with open(path, "wb") as f, contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), open(path, "wb") as f:
         while True:
             f.write(bytes(65536))
             f.flush()
@@ -232,7 +234,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="evfaults") as tmp:
         workdir, tmpfs = Path(tmp), Path(tmp) / "log"
         tmpfs.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(tmpfs)], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(tmpfs)], check=True)
         notify = FakeSystemd(workdir / "notify")
         daemon = FaultDaemon(workdir, notify, tmpfs)
         try:

@@ -72,7 +72,7 @@ class Daemon:
             [sys.executable, "-m", "emovoice_daemon.tools.cli", "run", "-c", str(self.config_path)], cwd=self.workdir,
             stdout=subprocess.DEVNULL, stderr=open(self.workdir / "daemon.stderr", "ab"),
             env={**os.environ, **unit_environment(), **self.notify.env(watchdog_s=5.0)})
-        arrived, _ = self.notify.wait_for(lambda m: m.get("READY") == "1", timeout=120)
+        arrived, _ = self.notify.wait_for(lambda m: m.get("READY") == "1", timeout=300)  # a busy box is slow
         return arrived - started
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

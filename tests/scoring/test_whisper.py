@@ -1,6 +1,7 @@
 """Whisper import (CTranslate2 -> Hugging Face), the short-window encoder and the emovoice-whisper model."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 import struct
@@ -252,3 +253,25 @@ def test_padded_rows_score_like_their_own_samples(tmp_path: Path) -> None:
         both = model(input_values=batch, attention_mask=mask).logits
         alone = model(input_values=short[None]).logits
     torch.testing.assert_close(both[1:], alone)
+
+
+async def test_engine_scores_each_leg_with_its_own_statistics_and_saves_the_site_at_close(tmp_path: Path) -> None:
+    from emovoice_daemon.config import EngineConfig, PipelineConfig
+    from emovoice_daemon.scoring.engine import ScoringEngine
+
+    state = tmp_path / "site.npz"
+    clf = load_classifier(ModelConfig(path=str(tiny_head_dir(tmp_path / "head", tiny_encoder_dir(tmp_path / "enc"))),
+                                      site_stats_path=str(state)))
+    engine = ScoringEngine(clf, PipelineConfig(window_s=1.0, hop_s=0.5), EngineConfig())
+    await engine.start()
+    results: dict[str, list] = {"a": [], "b": []}
+    rng = np.random.default_rng(0)
+    for leg in results:
+        engine.open_leg(leg, results[leg].append)
+        t = np.arange(16000) / 8000
+        voiced = sum(np.sin(2 * np.pi * k * rng.uniform(120, 220) * t) / k for k in range(1, 8)) * 6000
+        engine.push(leg, voiced.astype(np.int16))
+    await asyncio.gather(*(engine.close_leg(leg) for leg in results))
+    await engine.stop()
+    assert all(len(r) == 3 and all(w.probs is not None for w in r) for r in results.values())
+    assert clf.adapter.legs == {} and state.is_file()  # legs forgotten, site statistics saved when they closed

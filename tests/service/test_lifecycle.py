@@ -176,13 +176,11 @@ async def test_sigterm_does_not_wait_for_idle_websocket_clients(tmp_path: Path) 
             gone = await session.ws_connect(url, headers=headers)
             await gone.close()  # a client that went away while no event was flowing
             await asyncio.sleep(0.3)
-            started = time.monotonic()
             daemon.proc.send_signal(signal.SIGTERM)
-            closed = await asyncio.wait_for(listening.receive(), 30)  # hang guard; the bound is the drain timeout below
+            closed = await asyncio.wait_for(listening.receive(), 30)  # hang guard
             assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-            assert await asyncio.to_thread(daemon.proc.wait, 30) == 0
-            assert time.monotonic() - started < 10  # service.drain_timeout_s: it did not wait for the clients
-        assert "drain took longer" not in daemon.stderr_path.read_text()
+            assert await asyncio.to_thread(daemon.proc.wait, 120) == 0  # hang guard (13 s seen with load 10 on 2 cores)
+        assert "drain took longer" not in daemon.stderr_path.read_text()  # it did not sit out the drain deadline
     finally:
         stop_daemon(daemon)
 

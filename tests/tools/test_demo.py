@@ -95,5 +95,5 @@ def test_ctrl_c_during_start_up_exits_cleanly(tmp_path: Path) -> None:
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=300)
-        assert proc.returncode in (0, 130), out[-3000:]
+        assert proc.returncode in (0, 130, -signal.SIGINT), out[-3000:]  # -SIGINT: as a shell reports Ctrl-C
         assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]

@@ -19,6 +19,13 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
 
 
+def default_labels(config: PretrainedConfig) -> None:
+    """Give a config without labels EmoVoice's three (the shared default of every EmoVoice model type)."""
+    if config.id2label is None:
+        config.id2label = dict(enumerate(LABELS))
+        config.label2id = {name: i for i, name in enumerate(LABELS)}
+
+
 @strict(accept_kwargs=True)
 class CompactConfig(PretrainedConfig):
     """Hyper-parameters of :class:`CompactForAudioClassification` (plus the calibration temperature)."""
@@ -45,9 +52,7 @@ class CompactConfig(PretrainedConfig):
     temperature: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:
-        if self.id2label is None:
-            self.id2label = dict(enumerate(LABELS))
-            self.label2id = {name: i for i, name in enumerate(LABELS)}
+        default_labels(self)
         self.conv2d_channels = list(self.conv2d_channels)
         self.conv1d_channels = list(self.conv1d_channels)
         self.temperature = float(self.temperature)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, AutoModelForAudioClassification, HubertConfig, HubertForSequenceClassification
 
-from emovoice_daemon.scoring.models.compact import LABELS
+from emovoice_daemon.scoring.models.compact import default_labels
 
 
 @strict(accept_kwargs=True)
@@ -24,9 +24,7 @@ class EmoVoiceHubertConfig(HubertConfig):
     temperature: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:
-        if self.id2label is None:
-            self.id2label = dict(enumerate(LABELS))
-            self.label2id = {name: i for i, name in enumerate(LABELS)}
+        default_labels(self)
         self.temperature = float(self.temperature)
         super().__post_init__(**kwargs)
 

@@ -22,7 +22,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from emovoice_daemon.scoring.models.compact import LABELS
+from emovoice_daemon.scoring.models.compact import default_labels
 from emovoice_daemon.scoring.models.whisper_import import ENCODER_NAME, models_dir
 
 SAMPLING_RATE = 16000
@@ -104,9 +104,7 @@ class EmoVoiceWhisperConfig(PretrainedConfig):
     temperature: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:
-        if self.id2label is None:
-            self.id2label = dict(enumerate(LABELS))
-            self.label2id = {name: i for i, name in enumerate(LABELS)}
+        default_labels(self)
         self.layers = [int(i) for i in self.layers]
         self.temperature = float(self.temperature)
         super().__post_init__(**kwargs)

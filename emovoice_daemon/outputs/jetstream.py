@@ -5,8 +5,8 @@ Subjects are ``emovoice.<site>.<call>.<type>`` (``emovoice.lyon.8d1f….score``,
 become ``_``. Filters: one site ``emovoice.lyon.>``, one call ``emovoice.*.<call>.>``, call
 lifecycle ``emovoice.*.*.call.>``, escalations ``emovoice.*.*.escalation.>``.
 
-A message is the event's JSON plus ``site``. Its ``Nats-Msg-Id`` header (``<site>:<boot>:<seq>``,
-``boot`` random per daemon run) makes a re-sent event a duplicate that JetStream drops within the
+A message is the event's JSON plus ``site``. Its ``Nats-Msg-Id`` header (``<site>:<boot>:<seq>``, the event's
+own run id and sequence number) makes a re-sent event a duplicate that JetStream drops within the
 stream's duplicate window. The publisher holds each event in a bounded buffer until JetStream
 acknowledges it, so a reconnect re-sends instead of losing, and the id keeps the re-send from
 doubling; events of one call are never in flight together, so a retry cannot reorder a call.
@@ -20,7 +20,6 @@ import datetime
 import json
 import logging
 import re
-import secrets
 import socket
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -132,7 +131,6 @@ class JetStreamPublisher:
 
     def __init__(self, cfg: JetStreamConfig) -> None:
         self.cfg, self.site = cfg, site_name(cfg)
-        self.boot = secrets.token_hex(4)
         self._buffer: deque[_Outgoing] = deque()
         self._wake = asyncio.Event()
         self._nc: Client | None = None
@@ -150,7 +148,7 @@ class JetStreamPublisher:
                 self._dropping = True
         payload = json.dumps({**event, "site": self.site}, separators=(",", ":")).encode()
         self._buffer.append(_Outgoing(subject_for(self.site, event), payload,
-                                      f"{self.site}:{self.boot}:{event['seq']}", event["call_id"]))
+                                      f"{self.site}:{event['boot']}:{event['seq']}", event["call_id"]))
         metrics.JETSTREAM_BUFFERED.set(len(self._buffer))
         self._wake.set()
 

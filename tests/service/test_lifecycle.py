@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -135,8 +136,8 @@ def truncated_model(path: Path) -> Path:
     return path
 
 
-def run_second(config: dict, tmp_path: Path) -> tuple[int, str, float]:
-    cfg = write_config(tmp_path / "second.yaml", **config)
+def run_second(config: dict, tmp_path: Path, name: str = "second") -> tuple[int, str, float]:
+    cfg = write_config(tmp_path / f"{name}.yaml", **config)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.cli", "run", "-c", str(cfg)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)  # hang guard only
@@ -203,7 +204,8 @@ def test_unusable_files_stop_the_start_with_one_clear_line(tmp_path: Path) -> No
         ({"events": {"log_path": str(tmp_path / "e.jsonl")}, "history": {"path": str(tmp_path)}},
          "history.path: " + str(tmp_path) + " is a directory"),
     ]
-    for overrides, message in cases:
-        code, stderr, _ = run_second({**base, **overrides}, tmp_path)
+    with ThreadPoolExecutor(2) as pool:  # each start imports torch: two at a time
+        results = list(pool.map(lambda i: run_second({**base, **cases[i][0]}, tmp_path, f"case{i}"), range(len(cases))))
+    for (_, message), (code, stderr, _) in zip(cases, results):
         assert code == 1 and "emovoice-daemon: cannot start:" in stderr and message in stderr, stderr[-2000:]
         assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr[-2000:]

@@ -105,7 +105,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    body = generate_latest(metrics.REGISTRY)
+    body = generate_latest(metrics.EXPOSED)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -1,9 +1,18 @@
-"""Prometheus metrics, one registry for the daemon (served at /metrics)."""
+"""Prometheus metrics, one registry for the daemon (served at /metrics).
+
+Worker processes keep their own registry and send :func:`snapshot` to the main process, which
+adds their counters and histograms into what it serves (:data:`EXPOSED`).
+"""
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Hashable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+Sample = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
 
 LIVE_LEGS = Gauge("emovoice_live_legs", "Call legs being scored now", registry=REGISTRY)
 CALLS_TOTAL = Counter("emovoice_legs_started_total", "Call legs started", ["source"], registry=REGISTRY)
@@ -61,3 +70,68 @@ JETSTREAM_DROPPED = Counter("emovoice_jetstream_dropped_total", "Events dropped 
                             registry=REGISTRY)
 JETSTREAM_REDELIVERIES_SKIPPED = Counter("emovoice_jetstream_redeliveries_skipped_total", "Redelivered events a "
                                          "durable reader had already handled", registry=REGISTRY)
+
+
+STREAM_FAMILIES = ("emovoice_events", "emovoice_events_dropped")  # counted where the event stream is: the main process
+
+
+def snapshot() -> list[tuple[str, dict[str, str], float]]:
+    """This process's counter and histogram samples (cumulative; ``_created`` and the event stream's left out)."""
+    return [(s.name, s.labels, s.value) for family in REGISTRY.collect()
+            if family.type in ("counter", "histogram") and family.name not in STREAM_FAMILIES
+            for s in family.samples if not s.name.endswith("_created")]
+
+
+class RemoteSamples:
+    """Other processes' snapshots, added into this process's registry when it is collected."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._live: dict[Hashable, Tally[Sample]] = {}
+        self._retired: Tally[Sample] = Tally()  # processes that exited: their totals stay counted
+
+    def update(self, source: Hashable, samples: list[tuple[str, dict[str, str], float]]) -> None:
+        self._live[source] = Tally({(name, tuple(sorted(labels.items()))): value for name, labels, value in samples})
+
+    def retire(self, source: Hashable) -> None:
+        """``source`` exited: keep its last totals (a restarted process counts from zero again)."""
+        self._retired.update(self._live.pop(source, Tally()))
+
+    def totals(self) -> Tally[Sample]:
+        out = Tally(self._retired)
+        for samples in self._live.values():
+            out.update(samples)
+        return out
+
+    def by_label(self, name: str, label: str) -> Tally[str]:
+        """One counter's remote totals by the value of one label, as integers (e.g. windows by outcome)."""
+        out: Tally[str] = Tally()
+        for (sample, labels), value in self.totals().items():
+            if sample == name:
+                out[dict(labels).get(label, "")] += int(value)
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        """The registry's families with the remote samples added (the registry interface of ``generate_latest``)."""
+        remote = self.totals()
+        for family in self.registry.collect():
+            if family.type not in ("counter", "histogram"):
+                yield family
+                continue
+            mine = {(s.name, tuple(sorted(s.labels.items()))) for s in family.samples}
+            samples = [s._replace(value=s.value + remote.get((s.name, tuple(sorted(s.labels.items()))), 0.0))
+                       for s in family.samples]
+            names = {family.name + suffix for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+            extra = sorted(key for key in remote if key[0] in names and key not in mine)
+            samples += [_sample(name, dict(labels), remote[(name, labels)]) for name, labels in extra]
+            family.samples = samples
+            yield family
+
+
+def _sample(name: str, labels: dict[str, str], value: float):  # noqa: ANN202 (prometheus_client's Sample type)
+    from prometheus_client.samples import Sample as PromSample
+
+    return PromSample(name, labels, value)
+
+
+EXPOSED = RemoteSamples(REGISTRY)  # what /metrics serves: this process plus the worker processes

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from emovoice_daemon.ingest.rtp import RtpReceiver
 from emovoice_daemon.ingest.sip import SipEndpoint
 from emovoice_daemon.judgement.cues import CueTracker
 from emovoice_daemon.judgement.policy import policy_factory
+from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.api import ApiContext, api_token, start_api
 from emovoice_daemon.outputs.eventlog import EventLog
 from emovoice_daemon.outputs.events import EventBus, journal
@@ -71,7 +73,7 @@ class Daemon:
         self.bus.add_sink(journal)
         self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
-        self.health_monitor = HealthMonitor(self.event_log, self.engine.outcomes, cfg.service.health_window_s,
+        self.health_monitor = HealthMonitor(self.event_log, self._window_outcomes, cfg.service.health_window_s,
                                             cfg.service.health_max_overload)
         self._tasks.append(asyncio.create_task(self.health_monitor.run(), name="health"))
         leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine
@@ -147,6 +149,10 @@ class Daemon:
             self.jetstream = JetStreamPublisher(cfg.jetstream)
             self.bus.add_sink(self.jetstream.sink)
             self._tasks.append(asyncio.create_task(self.jetstream.run(), name="jetstream"))
+
+    def _window_outcomes(self) -> Counter[str]:
+        """Windows by outcome, this process's engine and the worker processes' together."""
+        return self.engine.outcomes + metrics.EXPOSED.by_label("emovoice_windows_total", "outcome")
 
     def _bind_agent(self, call_id: str, agent: str) -> None:
         """AMI saw a queue member answer the call: its agent gets the call's prompts."""

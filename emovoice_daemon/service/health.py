@@ -20,6 +20,8 @@ from emovoice_daemon.outputs.eventlog import EventLog
 
 log = logging.getLogger(__name__)
 
+OutcomeSource = Callable[[], Counter[str]]  # cumulative windows by outcome
+
 REASONS = ("eventlog", "model_errors", "overload")
 TICK_S = 1.0
 MIN_WINDOWS = 10  # fewer windows due in the period say nothing about overload
@@ -28,11 +30,12 @@ MIN_WINDOWS = 10  # fewer windows due in the period say nothing about overload
 class HealthMonitor:
     """Decides ``ok``/``degraded`` from the event log and the engine's window outcomes."""
 
-    def __init__(self, event_log: EventLog, outcomes: Counter[str], window_s: float, max_overload: float) -> None:
+    def __init__(self, event_log: EventLog, outcomes: OutcomeSource, window_s: float, max_overload: float) -> None:
+        """``outcomes``: the cumulative windows by outcome, of every process that scores."""
         self.event_log, self.outcomes = event_log, outcomes
         self.window_s, self.max_overload = window_s, max_overload
         self.on_change: Callable[[], object] = lambda: None
-        self._history: deque[tuple[float, Counter[str]]] = deque([(time.monotonic(), Counter(outcomes))])
+        self._history: deque[tuple[float, Counter[str]]] = deque([(time.monotonic(), Counter(outcomes()))])
         self._reported: dict[str, str] = {}
 
     def check(self) -> dict[str, str]:
@@ -42,7 +45,7 @@ class HealthMonitor:
         if log_.pending or log_.error:
             reasons["eventlog"] = (f"cannot write the event log ({log_.error}): {log_.pending} events waiting, "
                                    f"{log_.lost} lost")
-        recent = self.outcomes - self._history[0][1]
+        recent = self.outcomes() - self._history[0][1]
         if recent["error"]:
             reasons["model_errors"] = f"the model failed on {recent['error']} windows in the last {self.window_s:g} s"
         due = recent["scored"] + recent["overload"] + recent["error"]
@@ -58,7 +61,7 @@ class HealthMonitor:
         if self.event_log.pending:
             self.event_log.flush()
         now = time.monotonic()
-        self._history.append((now, Counter(self.outcomes)))
+        self._history.append((now, self.outcomes()))
         while len(self._history) > 1 and self._history[1][0] <= now - self.window_s:
             self._history.popleft()
         reasons = self.check()

@@ -3,7 +3,8 @@
 Started by the daemon as ``python -m emovoice_daemon.service.worker INDEX EVENTS_FD FDS_FD`` with its
 config (JSON) on stdin. It loads the model, receives connections on ``FDS_FD`` (one role name and
 one socket per message) and writes each event, ``{"closed": true}`` when a connection ends and
-``{"ready": true}`` once, as JSON lines on ``EVENTS_FD``. SIGHUP re-reads the escalation settings;
+``{"ready": true}`` once, and every second its metrics (``{"stats": ...}``, counters and histograms, see
+:func:`emovoice_daemon.outputs.metrics.snapshot`), as JSON lines on ``EVENTS_FD``. SIGHUP re-reads the escalation settings;
 SIGTERM, or the main process going away, ends the legs (``shutdown``) and exits.
 """
 from __future__ import annotations
@@ -24,10 +25,13 @@ from emovoice_daemon.calls import CallManager
 from emovoice_daemon.config import Config, parse_config
 from emovoice_daemon.ingest.audiosocket import AudioSocketServer
 from emovoice_daemon.judgement.policy import policy_factory
+from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.events import EventBus
 from emovoice_daemon.scoring.engine import ScoringEngine
 from emovoice_daemon.scoring.models.loader import load_classifier
 from emovoice_daemon.service.lifecycle import reload_config, stop_on_signals
+
+STATS_INTERVAL_S = 1.0
 
 
 class Worker:
@@ -56,15 +60,23 @@ class Worker:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._events_sock)
         loop.add_reader(self._fds, self._adopt)
         self._send({"ready": True})
+        stats = asyncio.create_task(self._report_stats())
         main_gone = asyncio.create_task(reader.read())  # the main process never writes: EOF means it is gone
         await asyncio.wait([main_gone, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         loop.remove_reader(self._fds)
         await self.audiosocket.close_all()
         await self.calls.end_all("shutdown")
         await self.engine.stop()
+        stats.cancel()
+        self._send({"stats": metrics.snapshot()})  # the final totals
         with contextlib.suppress(ConnectionError):
             await self._writer.drain()
         self._writer.close()
+
+    async def _report_stats(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            self._send({"stats": metrics.snapshot()})
 
     def _adopt(self) -> None:
         """Serve the connections the main process sent (one role name and one socket per message)."""

@@ -5,7 +5,8 @@ event bus and its outputs (log, history, notifier, webhook); it accepts each con
 hands the socket (``SCM_RIGHTS``) to the worker with the fewest live connections. A worker
 (:mod:`emovoice_daemon.service.worker`) runs its own model, engine and legs, and sends
 every event it makes, and a note when a connection ends, as JSON lines back to the main process,
-which numbers them into the one daemon-wide sequence. A worker that dies is restarted; the legs it
+which numbers them into the one daemon-wide sequence; their metrics are added into the main
+process's ``/metrics`` and health (windows by outcome). A worker that dies is restarted; the legs it
 was serving get ``call.ended`` (reason ``error``) from the main process, the other workers' calls go
 on. SIGHUP reaches every worker (escalation settings); SIGTERM drains them.
 """
@@ -159,6 +160,7 @@ class WorkerPool:
             log.error("worker %d exited with status %s; %d of its legs ended; restarting in %.0f s",
                       worker.index, worker.proc.returncode, len(worker.legs), delay)
             self._end_lost_legs(worker)
+            metrics.EXPOSED.retire(worker.index)
             await asyncio.sleep(delay)
             if self._stopping:
                 return
@@ -197,6 +199,8 @@ class WorkerPool:
                 worker.legs.pop(key, None)
             self.bus.forward(event)
             metrics.LIVE_LEGS.set(self.live_legs)
+        elif "stats" in msg:
+            metrics.EXPOSED.update(worker.index, msg["stats"])
         elif "closed" in msg:
             worker.connections -= 1
         elif "ready" in msg:

@@ -124,3 +124,15 @@ async def test_overload_beyond_the_threshold_is_degraded(tmp_path: Path) -> None
 async def test_a_few_overloaded_windows_are_not_degraded(fast: Daemon) -> None:
     fast.engine.outcomes.update(scored=200, overload=5)  # 2.4 %, under the 5 % default
     assert (await health(fast))["status"] == "ok"
+
+
+async def test_a_worker_process_overloaded_makes_the_daemon_degraded(fast: Daemon) -> None:
+    """Windows that worker processes report (their metrics snapshot) count like the main engine's."""
+    try:
+        fast.health_monitor.tick()
+        metrics.EXPOSED.update("test-worker", [("emovoice_windows_total", {"outcome": "scored"}, 50.0),
+                                               ("emovoice_windows_total", {"outcome": "overload"}, 50.0)])
+        report = await health(fast)
+        assert report["status"] == "degraded" and report["reasons"]["overload"].startswith("50 of 100 windows")
+    finally:
+        metrics.EXPOSED.update("test-worker", [])

@@ -48,6 +48,14 @@ async def watch(daemon: DaemonProcess, sink: list[dict], subscribed: asyncio.Eve
             sink.append(json.loads(msg.data))
 
 
+def metric(daemon: DaemonProcess, sample: str) -> float:
+    """One sample's value on /metrics (0 when absent), e.g. ``emovoice_windows_total{outcome="scored"}``."""
+    for line in daemon.get("/metrics", daemon.token)[1].decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 async def until(predicate, timeout: float = 60.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -59,6 +67,8 @@ async def test_calls_spread_over_both_workers_on_one_event_stream_and_history(po
     subscribed = asyncio.Event()
     watcher = asyncio.create_task(watch(pool, events, subscribed))
     await subscribed.wait()
+    scored_before = metric(pool, 'emovoice_windows_total{outcome="scored"}')
+    scores_before = metric(pool, 'emovoice_events_total{type="score"}')
     ids = [str(uuid.uuid4()) for _ in range(6)]
     calls = [asyncio.create_task(play_call("127.0.0.1", pool.audiosocket_port, speech(6), cid)) for cid in ids]
     busy: list[list[int]] = []
@@ -84,6 +94,11 @@ async def test_calls_spread_over_both_workers_on_one_event_stream_and_history(po
     assert all(logged[e["seq"]] == e for e in mine)  # the JSONL log holds the same events
     listed = json.loads(pool.get("/calls?limit=500", pool.token)[1])["calls"]
     assert {c["call_id"] for c in listed if not c["live"]} >= set(ids)
+    # the workers' windows reach the main process's /metrics (every second), their events are counted once
+    scores = sum(e["type"] == "score" for e in mine)
+    await until(lambda: metric(pool, 'emovoice_windows_total{outcome="scored"}') - scored_before >= scores, 15)
+    assert metric(pool, 'emovoice_windows_total{outcome="scored"}') - scored_before == scores
+    assert metric(pool, 'emovoice_events_total{type="score"}') - scores_before == scores
 
 
 async def test_a_killed_worker_is_restarted_and_the_other_workers_calls_go_on(pool: DaemonProcess) -> None:
@@ -91,6 +106,8 @@ async def test_a_killed_worker_is_restarted_and_the_other_workers_calls_go_on(po
     calls = [asyncio.create_task(play_call("127.0.0.1", pool.audiosocket_port, speech(10), cid)) for cid in ids]
     await until(lambda: [w["legs"] for w in health(pool)["workers"]] == [2, 2], timeout=30)
     victim, survivor = health(pool)["workers"]
+    await until(lambda: metric(pool, 'emovoice_windows_total{outcome="scored"}') > 0)
+    scored = metric(pool, 'emovoice_windows_total{outcome="scored"}')
     os.kill(victim["pid"], signal.SIGKILL)
     await asyncio.gather(*calls)
     ended = {e["call_id"]: e for e in await asyncio.to_thread(
@@ -104,6 +121,7 @@ async def test_a_killed_worker_is_restarted_and_the_other_workers_calls_go_on(po
         else:
             assert e["summary"] == {"worker_lost": True}
     await until(lambda: all(w["ready"] for w in health(pool)["workers"]), timeout=300)
+    assert metric(pool, 'emovoice_windows_total{outcome="scored"}') >= scored  # the dead worker's windows stay counted
     restarted = health(pool)["workers"]
     assert restarted[0]["pid"] not in (victim["pid"], survivor["pid"]) and restarted[1]["pid"] == survivor["pid"]
     again = [str(uuid.uuid4()) for _ in range(2)]

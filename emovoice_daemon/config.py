@@ -99,8 +99,6 @@ class AudioSocketConfig:
     payload_format: str = _f("slin", one_of("slin", "ulaw", "alaw"), "encoding of 0x10 frames")
     max_frame_bytes: int = _f(8192, positive, "longer frames close the connection")
     idle_timeout_s: float = _f(10.0, positive, "close a connection silent this long")
-    read_interval_ms: float = _f(100.0, non_negative, "read a connection at most this often (its frames wait in "
-                                 "the kernel meanwhile): a wake-up per 5 frames, not per frame; 0 = every frame")
     keepalive: bool = _f(True, doc="send silence back so AudioSocket() does not hang up after 2 s")
     role: str = _f("mixed", one_of("mixed", "customer", "agent"), "role of legs arriving on 'port'")
     role_ports: dict[str, int] = _f({}, role_ports, "extra listeners, role -> port (dialplan taps: customer, agent)")

@@ -235,22 +235,9 @@ class Connection:
                     reason = self._handle_all(frames)
                     if reason:
                         return reason
-                    await self._rest()
         except TimeoutError:
             log.info("audiosocket %s: no complete frame for %.1f s; closing", self.peer, self.cfg.idle_timeout_s)
             return "idle_timeout"
-
-    async def _rest(self) -> None:
-        """Leave the socket alone for ``read_interval_ms``: the next read takes every frame that came meanwhile
-        (the per-read work of the event loop, not the per-frame work, is most of the ingest cost)."""
-        if self.cfg.read_interval_ms and not self.stopping:
-            transport = self.writer.transport
-            transport.pause_reading()
-            try:
-                await asyncio.sleep(self.cfg.read_interval_ms / 1000)
-            finally:
-                if not transport.is_closing():
-                    transport.resume_reading()
 
     def _handle_all(self, frames: list[Frame]) -> str | None:
         """Act on the frames of one read: consecutive audio frames reach the leg as one chunk."""

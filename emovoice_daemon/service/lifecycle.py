@@ -21,6 +21,7 @@ from emovoice_daemon.judgement.policy import policy_factory, profile_for
 from emovoice_daemon.outputs.eventlog import EventLogError
 from emovoice_daemon.outputs.notifier import load_agent_tokens
 from emovoice_daemon.scoring.models.loader import ModelError
+from emovoice_daemon.service import interrupts
 from emovoice_daemon.service.daemon import Daemon
 from emovoice_daemon.service.sdnotify import Notifier
 
@@ -116,6 +117,8 @@ def stop_on_signals() -> asyncio.Event:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if interrupts.pending():  # Ctrl-C during the imports whose KeyboardInterrupt a library swallowed
+        stop.set()
     return stop
 
 

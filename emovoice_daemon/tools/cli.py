@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from emovoice_daemon.config import ConfigError, load_config
+from emovoice_daemon.service import interrupts
 
 
 def _load_or_exit(path: str | None):
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupts.install()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

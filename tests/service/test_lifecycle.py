@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pytest
 import yaml
 
 from bench.loadgen import windows_due
@@ -209,3 +211,25 @@ def test_unusable_files_stop_the_start_with_one_clear_line(tmp_path: Path) -> No
     for (_, message), (code, stderr, _) in zip(cases, results):
         assert code == 1 and "emovoice-daemon: cannot start:" in stderr and message in stderr, stderr[-2000:]
         assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr[-2000:]
+
+
+async def test_ctrl_c_that_a_library_swallowed_during_start_up_still_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt raised inside an import and caught there must not turn the Ctrl-C into nothing."""
+    from emovoice_daemon.service import interrupts
+
+    monkeypatch.setattr(interrupts, "_interrupted", False)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        interrupts.install()
+        assert not interrupts.pending()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the handler runs here
+        except KeyboardInterrupt:
+            pass  # what an over-broad ``except BaseException`` in a library does
+        assert lifecycle.stop_on_signals().is_set()
+    finally:
+        loop = asyncio.get_running_loop()
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGINT, previous)

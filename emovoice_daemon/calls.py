@@ -22,6 +22,7 @@ from emovoice_daemon.scoring.engine import ScoringEngine, WindowResult
 log = logging.getLogger(__name__)
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
+HOLD_AFTER_S = 5.0  # this long of sound without speech (music, tones) and the leg is on hold
 
 
 class Leg:
@@ -35,6 +36,8 @@ class Leg:
         self.started = time.monotonic()
         self.samples = 0
         self.ended = False
+        self.on_hold = False
+        self._nonspeech_since: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -51,8 +54,9 @@ class Leg:
 
     def on_result(self, result: WindowResult) -> None:
         """Engine callback: publish the score and any escalation transitions."""
+        self._track_hold(result)
         if result.probs is None:
-            self.stats.add(result.start_s, result.end_s, None)
+            self.stats.add(result.start_s, result.end_s, None, skipped=result.skipped)
             return
         probs = {label: round(float(p), 4) for label, p in zip(LABELS, result.probs)}
         transitions = self.policy.update(result.end_s, probs)
@@ -64,6 +68,19 @@ class Leg:
         for tr in transitions:
             self.stats.transition(tr)
             self._publish(f"escalation.{tr.kind}", **tr.fields())
+
+    def _track_hold(self, result: WindowResult) -> None:
+        """``call.hold`` when the leg has carried sound but no speech for HOLD_AFTER_S, and again when speech is back."""
+        if result.skipped == "nonspeech":
+            since = self._nonspeech_since = result.start_s if self._nonspeech_since is None else self._nonspeech_since
+            if not self.on_hold and result.end_s - since >= HOLD_AFTER_S:
+                self.on_hold = True
+                self._publish("call.hold", on_hold=True, at=round(result.end_s, 2))
+        elif result.skipped is None:
+            self._nonspeech_since = None
+            if self.on_hold:
+                self.on_hold = False
+                self._publish("call.hold", on_hold=False, at=round(result.end_s, 2))
 
     async def end(self, reason: str, extra: dict[str, Any] | None = None) -> None:
         """Score what is buffered, then publish call.ended (``extra`` joins its summary). Safe to call twice."""

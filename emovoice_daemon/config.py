@@ -133,6 +133,9 @@ class PipelineConfig:
     hop_s: float = _f(1.0, positive)
     vad_min_voiced: float = _f(0.2, probability, "share of voiced 20 ms frames a window needs")
     vad_energy_dbfs: float = _f(-45.0, doc="frames quieter than this are unvoiced")
+    speech_gate: bool = _f(True, doc="score only windows that hold human speech (silero-vad): music, tones, noise "
+                           "are no evidence")
+    speech_min_share: float = _f(0.2, probability, "share of a window's 32 ms chunks that must be speech")
 
 
 @dataclass
@@ -147,7 +150,7 @@ class EngineConfig:
 
 def escalation_profiles(value: Any) -> str | None:
     """Each profile maps escalation keys (not 'profiles') to values that pass their checks."""
-    fields = {f.name: f for f in dataclasses.fields(EscalationConfig) if f.name != "profiles"}
+    fields = {f.name: f for f in dataclasses.fields(EscalationConfig) if f.name != "profiles" and not f.metadata.get("internal")}
     hints = typing.get_type_hints(EscalationConfig)
     for name, overrides in value.items():
         for key, v in overrides.items():
@@ -174,6 +177,12 @@ class EscalationConfig:
     trend_window_s: float = _f(30.0, positive, "look-back of the rising-trend rule")
     trend_rise: float = _f(0.25, probability, "rise within trend_window_s that raises a watch; 0 = off")
     profiles: dict[str, dict] = _f({}, escalation_profiles, "per queue/tenant overrides, by meta queue or tenant")
+    given: frozenset[str] = field(default=frozenset(), metadata={"internal": True})  # keys the config file set
+
+
+def escalation_defaults_problem(value: dict) -> str | None:
+    """A model's escalation defaults (``escalation.json``): known keys with values that pass their checks."""
+    return escalation_profiles({"model": value})
 
 
 def severity_keys(value: Any) -> str | None:
@@ -386,7 +395,7 @@ def _build_section(cls: type, node: yaml.Node, where: str, name: str, errors: li
         errors.append(f"{where}:{node.start_mark.line + 1}: {name}: expected a mapping")
         return cls()
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     values: dict[str, Any] = {}
     for key_node, value_node in node.value:
         key, line = key_node.value, key_node.start_mark.line + 1
@@ -401,6 +410,8 @@ def _build_section(cls: type, node: yaml.Node, where: str, name: str, errors: li
             errors.append(f"{where}:{line}: {name}.{key}: {problem}")
         else:
             values[key] = float(value) if hints[key] is float else value
+    if "given" in {f.name for f in dataclasses.fields(cls)}:
+        values["given"] = frozenset(values)
     return cls(**values)
 
 

@@ -22,6 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
 
 
+@pytest.fixture(autouse=True)
+def _speech_gate_only_where_asked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process engines run without the speech gate unless the test is marked ``speech_gate``: most tests feed
+    tones and ramps as stand-ins for speech, which the gate rightly rejects (daemon subprocesses keep it)."""
+    if request.node.get_closest_marker("speech_gate") is None:
+        from emovoice_daemon.scoring import speech
+
+        monkeypatch.setattr(speech.SpeechGate, "load", classmethod(lambda cls, path=None: None))
+
+
 def shared_path(*parts: str) -> Path:
     """A file under ../shared, or skip the test saying what is missing."""
     path = SHARED.joinpath(*parts)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -58,6 +59,81 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=1))
 
 
+CALL_CORPORA = ("cremad", "ravdess", "emovo", "urdu")
+
+
+def cmd_calls(args: argparse.Namespace) -> None:
+    """Whole calls of held-out speakers through the daemon's production path; one table row per corpus."""
+    from emovoice_daemon.judgement.policy import describe, with_model_defaults
+    from training.call_eval import FeatureMemo, audio_seconds, call_metrics, line_report, misses, score_calls, table
+    from training.calls import build_calls
+    from training.heldout import corpus_speakers, load_call_corpus
+    from training.line_conditions import IMPAIRMENTS, impaired, no_caller_calls
+
+    torch.set_num_threads(args.threads)
+    config, classifier = _daemon_model(args)
+    config.escalation = with_model_defaults(config.escalation, classifier.escalation)
+    print(f"model {classifier.name}, adapt {config.model.adapt}, speech gate {config.pipeline.speech_gate}, "
+          f"condition {args.condition}, seed {args.seed}\nescalation: {describe(config.escalation, classifier.escalation)}", flush=True)
+    memo = FeatureMemo(classifier, Path(args.memo)) if args.memo and hasattr(classifier.model, "pooled_features") else None
+    rows, out, started = {}, {}, time.monotonic()
+
+    def run(name: str, calls: list) -> list:
+        outcomes = score_calls(calls, config, classifier)
+        if memo is not None:
+            memo.save()
+        print(f"[{time.monotonic() - started:6.0f}s] {name}: {len(calls)} calls, {audio_seconds(calls) / 60:.0f} min of audio",
+              flush=True)
+        return outcomes
+
+    for spec in args.corpus:
+        kind, _, path = spec.partition("=")
+        utts, store = load_call_corpus(kind, Path(path or f"../shared/data/{kind}"), args.cache_dir)
+        calls = build_calls(utts, [store[i] for i in range(len(utts))], corpus_speakers(kind, utts, args.speakers),
+                            calls_per_kind=args.calls_per_kind, condition=args.condition, seed=args.seed)
+        name = f"{kind} ({args.speakers} speakers)" if kind == "cremad" else kind
+        rows[name] = call_metrics(run(name, calls))
+        print(f"{name}: misses {', '.join(misses(rows[name])) or 'none'}", flush=True)
+        if args.line_conditions and kind == args.corpus[0].partition("=")[0]:
+            ramps = [c for c in calls if c.kind == "calm_angry"]
+            for imp in IMPAIRMENTS:
+                rows[f"{name}, {imp}"] = call_metrics(run(imp, impaired(ramps, imp, args.seed)))
+            calm = [c.audio[: int(c.calm_until_s * 8000)] for c in calls if c.kind == "calm"]
+            out["line"], line_md = line_report(run("no-caller calls", no_caller_calls(calm, args.seed)))
+            print(line_md)
+    print(table(rows))
+    if args.json:
+        out.update(model=classifier.name, condition=args.condition, rows=rows)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+def _daemon_model(args: argparse.Namespace):  # noqa: ANN202 (Config, Classifier; imports stay lazy)
+    """The daemon config (``--config``, ``--set``) and the classifier it loads, with --model/--adapt applied."""
+    from emovoice_daemon.config import ConfigError, load_config as load_daemon_config, parse_config
+    from emovoice_daemon.scoring.models.loader import ModelError, load_classifier
+
+    try:
+        config = load_daemon_config(args.config) if args.config else parse_config(_dotted_yaml(args.set), "--set")
+    except ConfigError as exc:
+        raise SystemExit("emovoice-train calls: " + "; ".join(exc.errors)) from None
+    config.model = dataclasses.replace(config.model, path=args.model or config.model.path, site_stats_path="",
+                                       **({} if args.adapt is None else {"adapt": args.adapt}))
+    try:
+        return config, load_classifier(config.model)
+    except ModelError as exc:
+        raise SystemExit(f"emovoice-train calls: {exc}") from None
+
+
+def _dotted_yaml(pairs: list[str]) -> str:
+    """``section.key=value`` pairs as a YAML config text."""
+    tree: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        section, _, name = key.partition(".")
+        tree.setdefault(section, {})[name] = yaml.safe_load(value)
+    return yaml.safe_dump(tree) if tree else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``emovoice-train``."""
     parser = argparse.ArgumentParser(prog="emovoice-train", description=__doc__)
@@ -79,6 +155,29 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--cache-dir", default="/tmp/emovoice-cache")
     e.add_argument("--json", help="write the full reports here")
     e.set_defaults(func=cmd_evaluate)
+    c = sub.add_parser("calls", help="call-level evaluation: whole calls of unseen speakers through the daemon's path")
+    c.add_argument("--model", help="model directory (default: the daemon's default model)")
+    c.add_argument("--config", help="daemon config YAML whose escalation/pipeline/model keys apply")
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=YAML",
+                   help="a daemon config value instead of --config, e.g. escalation.enter=0.7 (repeatable)")
+    c.add_argument("--line-conditions", action="store_true",
+                   help="also no-caller calls (hold music, prompts, tones, noise, babble) and impaired calm→angry calls")
+    c.add_argument("--corpus", nargs="+", default=list(CALL_CORPORA), metavar="KIND[=PATH]",
+                   help="corpora (default: cremad ravdess emovo urdu under ../shared/data)")
+    c.add_argument("--speakers", choices=("test", "val"), default="test",
+                   help="CREMA-D: the shipped models' held-out test actors, or the validation actors thresholds are chosen on")
+    adapt = c.add_mutually_exclusive_group()
+    adapt.add_argument("--adapt", dest="adapt", action="store_true", default=None, help="force line adaptation on")
+    adapt.add_argument("--no-adapt", dest="adapt", action="store_false", help="force line adaptation off")
+    c.add_argument("--condition", choices=("telephony", "clean"), default="telephony")
+    c.add_argument("--calls-per-kind", type=int, default=20,
+                   help="at least this many calls of each kind per corpus (speakers repeat, in other clip orders)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--cache-dir", default="/tmp/emovoice-cache")
+    c.add_argument("--memo", default="", help="file memoising encoder features per window (faster reruns)")
+    c.add_argument("--json", help="write the figures here")
+    c.set_defaults(func=cmd_calls)
     args = parser.parse_args(argv)
     args.func(args)
 

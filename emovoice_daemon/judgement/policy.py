@@ -42,6 +42,24 @@ class Transition:
         return {**common, "duration_s": round(self.duration_s, 2)}
 
 
+THRESHOLDS = frozenset({"enter", "exit", "alert"})  # one probability scale: taken from one place, never mixed
+
+
+def with_model_defaults(cfg: EscalationConfig, defaults: Mapping[str, Any]) -> EscalationConfig:
+    """``cfg`` with the model's own escalation defaults for each key its config file did not set; the model's
+    thresholds (enter/exit/alert) only when the config sets none of them."""
+    skip = cfg.given | (THRESHOLDS if cfg.given & THRESHOLDS else frozenset())
+    return dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if k not in skip})
+
+
+def describe(cfg: EscalationConfig, defaults: Mapping[str, Any]) -> str:
+    """The escalation values in force and where each came from (config, model, built-in), on one line."""
+    model = set(defaults) - cfg.given - (THRESHOLDS if cfg.given & THRESHOLDS else frozenset())
+    keys = ("method", "smoothing", "enter", "exit", "alert", "min_duration_s", "clear_duration_s", "cooldown_s", "trend_rise")
+    where = lambda k: "config" if k in cfg.given else "model" if k in model else "built-in"  # noqa: E731
+    return ", ".join(f"{k} {getattr(cfg, k)} ({where(k)})" for k in keys)
+
+
 def profile_for(cfg: EscalationConfig, meta: Mapping[str, Any]) -> EscalationConfig:
     """The config for a call: ``cfg`` with the overrides of the profile named by its queue or tenant."""
     for key in ("queue", "tenant"):

@@ -20,6 +20,7 @@ class LegSummary:
 
     scored: int = 0
     skipped: int = 0
+    nonspeech: int = 0  # skipped windows that held sound but no speech (music, tones)
     class_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LABELS, 0.0))
     peak_negative: float = 0.0
     peak_negative_at: float = 0.0
@@ -27,10 +28,12 @@ class LegSummary:
     points: list[tuple[float, float, float]] = field(default_factory=list)  # (end_s, negative, smoothed)
     _covered_until: float = 0.0
 
-    def add(self, start_s: float, end_s: float, probs: Mapping[str, float] | None, smoothed: float = 0.0) -> None:
-        """One window result; ``probs`` None for a skipped window. Time counts once across overlaps."""
+    def add(self, start_s: float, end_s: float, probs: Mapping[str, float] | None, smoothed: float = 0.0,
+            skipped: str | None = None) -> None:
+        """One window result; ``probs`` None for a window skipped for ``skipped``. Time counts once across overlaps."""
         if probs is None:
             self.skipped += 1
+            self.nonspeech += skipped == "nonspeech"
             return
         self.scored += 1
         label = max(LABELS, key=lambda k: probs[k])
@@ -55,6 +58,7 @@ class LegSummary:
         total = sum(self.class_seconds.values())
         share = {k: round(v / total, 3) if total else 0.0 for k, v in self.class_seconds.items()}
         return {"duration_s": round(duration_s, 2), "windows_scored": self.scored, "windows_skipped": self.skipped,
+                "windows_nonspeech": self.nonspeech,
                 "class_share": share, "peak_negative": round(self.peak_negative, 4),
                 "peak_negative_at": round(self.peak_negative_at, 2), "escalations": len(self.escalation_log),
                 "escalation_log": self.escalation_log, "timeline": downsample(self.points, timeline_points)}

@@ -28,6 +28,7 @@ from emovoice_daemon.outputs import metrics
 from emovoice_daemon.scoring import streaming
 from emovoice_daemon.scoring.models.loader import Classifier
 from emovoice_daemon.scoring.resample import StreamResampler
+from emovoice_daemon.scoring.speech import WARM_S, SpeechGate
 from emovoice_daemon.scoring.vad import FRAME_S, voiced_frames
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class _Window:
     audio: np.ndarray  # float32 at the model's rate
     audio_start: int  # model-rate index of audio[0]
     due: float
+    tail: np.ndarray  # int16 8 kHz: the newest hop and the speech gate's warm-up before it
     queued: float = 0.0
 
 
@@ -102,6 +104,7 @@ class _Leg:
     ready: dict[int, tuple[WindowResult, float]] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     cache: streaming.LegCache = field(default_factory=streaming.LegCache)
+    speech: deque[tuple[int, float]] = field(default_factory=deque)  # (hop end, its speech share), newest last
 
     def nbytes(self) -> int:
         return self.pcm.buf.nbytes + self.wave.buf.nbytes + self.vad.buf.nbytes + self.cache.nbytes()
@@ -117,6 +120,8 @@ class ScoringEngine:
         self.model_rate = classifier.sampling_rate
         self.frontend = self._streaming_front_end() if cfg.streaming and streaming.supports(classifier) else None
         self.adapter = getattr(classifier, "adapter", None)  # the line's statistics (encoder models)
+        self.gate = SpeechGate.load() if pipeline.speech_gate else None
+        self.tail = self.hop + int(WARM_S * RATE)
         self._legs: dict[str, _Leg] = {}
         self._queue: deque[_Window] = deque()
         self._arrived = asyncio.Event()
@@ -227,7 +232,8 @@ class ScoringEngine:
             self._finish(leg, seq, start, end, None, "silence", now)
             return
         n = min(leg.wave.total, int(round((end - start) * self.model_rate / RATE)))
-        window = _Window(leg, seq, start, end, leg.wave.last(n), leg.wave.total - n, now)
+        tail = leg.pcm.last(min(self.tail, end)) if self.gate is not None else np.zeros(0, np.int16)
+        window = _Window(leg, seq, start, end, leg.wave.last(n), leg.wave.total - n, now, tail)
         if self._stopped:
             self._finish(leg, seq, start, end, None, "overload", now)
             return
@@ -269,15 +275,17 @@ class ScoringEngine:
         if not todo:
             return
         self._inflight = todo
+        speech = [True] * len(todo)
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, todo)
+            speech, probs = await asyncio.get_running_loop().run_in_executor(self._executor, self._gate_and_infer, todo)
         except Exception:  # a model failure must not stop scoring for every other call
             log.exception("scoring a batch of %d windows failed", len(todo))
             probs = [None] * len(todo)
         self._inflight = []
         metrics.BATCH_SIZE.observe(len(todo))
-        for w, p in zip(todo, probs):
-            self._finish(w.leg, w.seq, w.start, w.end, p, None if p is not None else "error", w.due)
+        for w, s, p in zip(todo, speech, probs):
+            skipped = "nonspeech" if not s else None if p is not None else "error"
+            self._finish(w.leg, w.seq, w.start, w.end, p if s else None, skipped, w.due)
 
     async def _next_batch(self) -> list[_Window]:
         while not self._queue:
@@ -291,6 +299,25 @@ class ScoringEngine:
             except asyncio.TimeoutError:
                 break
         return [self._queue.popleft() for _ in range(min(self.cfg.max_batch, len(self._queue)))]
+
+    def _gate_and_infer(self, batch: list[_Window]) -> tuple[list[bool], list[np.ndarray | None]]:
+        """Runs in the inference thread: which windows hold speech, and the model's probabilities for those."""
+        speech = self._speech(batch) if self.gate is not None else [True] * len(batch)
+        todo = [w for w, s in zip(batch, speech) if s]
+        probs = iter(self._infer(todo) if todo else [])
+        return speech, [next(probs) if s else None for s in speech]
+
+    def _speech(self, batch: list[_Window]) -> list[bool]:
+        """Gate each window on the speech share of its hops (each hop judged once, when it is the newest)."""
+        shares = self.gate.shares(_stack_tails([w.tail for w in batch]))
+        verdicts = []
+        for w, share in zip(batch, shares):
+            hops = w.leg.speech
+            hops.append((w.end, float(share)))
+            while hops and hops[0][0] <= w.start:
+                hops.popleft()
+            verdicts.append(float(np.mean([s for _, s in hops])) >= self.pipeline.speech_min_share)
+        return verdicts
 
     def _infer(self, batch: list[_Window]) -> np.ndarray:
         """Runs in the inference thread: probabilities for each window, in batch order."""
@@ -326,3 +353,12 @@ class ScoringEngine:
                 log.exception("result handler of leg %s failed", leg.leg_id)
         if leg.delivered == leg.next_seq:
             leg.idle.set()
+
+
+def _stack_tails(tails: list[np.ndarray]) -> np.ndarray:
+    """Equal-length rows for the speech gate: shorter tails (a leg's first window) are zero-padded in front."""
+    n = max(len(t) for t in tails)
+    out = np.zeros((len(tails), n), np.int16)
+    for row, t in zip(out, tails):
+        row[n - len(t):] = t
+    return out

@@ -18,7 +18,7 @@ from emovoice_daemon.ingest.audiosocket import AudioSocketServer
 from emovoice_daemon.ingest.rtp import RtpReceiver
 from emovoice_daemon.ingest.sip import SipEndpoint
 from emovoice_daemon.judgement.cues import CueTracker
-from emovoice_daemon.judgement.policy import policy_factory
+from emovoice_daemon.judgement.policy import describe, policy_factory, with_model_defaults
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.api import ApiContext, api_token, start_api
 from emovoice_daemon.outputs.eventlog import EventLog
@@ -60,6 +60,11 @@ class Daemon:
         self.workers: WorkerPool | None = None
 
     @property
+    def model_escalation(self) -> dict[str, Any]:
+        """The loaded model's own escalation defaults (reload applies them again under the new config)."""
+        return self.classifier.escalation if self.classifier is not None else {}
+
+    @property
     def model_info(self) -> dict[str, Any]:
         return {"name": self.classifier.name, "trained": self.classifier.trained}
 
@@ -67,6 +72,8 @@ class Daemon:
         cfg = self.config
         if self.classifier is None:
             self.classifier = await asyncio.to_thread(load_classifier, cfg.model)
+        cfg.escalation = with_model_defaults(cfg.escalation, self.classifier.escalation)
+        log.info("escalation: %s", describe(cfg.escalation, self.classifier.escalation))
         self.event_log = EventLog(cfg.events.log_path, cfg.events.rotate_bytes, cfg.events.rotate_keep,
                                   cfg.events.fsync_interval_s)
         self.bus.add_sink(self.event_log.write)

@@ -17,7 +17,7 @@ import socket
 import time
 
 from emovoice_daemon.config import Config, ConfigError, load_config
-from emovoice_daemon.judgement.policy import policy_factory, profile_for
+from emovoice_daemon.judgement.policy import policy_factory, profile_for, with_model_defaults
 from emovoice_daemon.outputs.eventlog import EventLogError
 from emovoice_daemon.outputs.notifier import load_agent_tokens
 from emovoice_daemon.scoring.models.loader import ModelError
@@ -80,6 +80,7 @@ def reload_config(daemon: Daemon) -> bool:
         log.error("reload: configuration invalid; keeping the running settings")
         return False
     cfg = daemon.config
+    new.escalation = with_model_defaults(new.escalation, daemon.model_escalation)
     cfg.escalation = new.escalation
     daemon.calls.policy_factory = policy_factory(new.escalation)
     for leg in list(daemon.calls.legs.values()):

@@ -24,7 +24,7 @@ from typing import Any
 from emovoice_daemon.calls import CallManager
 from emovoice_daemon.config import Config, parse_config
 from emovoice_daemon.ingest.audiosocket import AudioSocketServer
-from emovoice_daemon.judgement.policy import policy_factory
+from emovoice_daemon.judgement.policy import policy_factory, with_model_defaults
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.events import EventBus
 from emovoice_daemon.scoring.engine import ScoringEngine
@@ -40,6 +40,7 @@ class Worker:
     def __init__(self, config: Config, events: socket.socket, fds: socket.socket) -> None:
         self.config, self._events_sock, self._fds = config, events, fds
         self.notifier = None  # reload_config's interface: workers serve no agent pages
+        self.model_escalation: dict = {}
         self._writer: asyncio.StreamWriter | None = None
 
     async def run(self) -> None:
@@ -50,6 +51,8 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, reload_config, self)
         model = dataclasses.replace(cfg.model, threads=cfg.model.threads or 1)  # the pool spreads calls over the cores
         classifier = await asyncio.to_thread(load_classifier, model)
+        cfg.escalation = with_model_defaults(cfg.escalation, classifier.escalation)
+        self.model_escalation = classifier.escalation
         self.engine = ScoringEngine(classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
         bus = EventBus()

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from emovoice_daemon.calls import CallManager
 from emovoice_daemon.config import Config, EscalationConfig
-from emovoice_daemon.judgement.policy import policy_factory
+from emovoice_daemon.judgement.policy import policy_factory, with_model_defaults
 from emovoice_daemon.outputs.events import Event, EventBus
 from emovoice_daemon.scoring.engine import RATE, ScoringEngine
 from emovoice_daemon.scoring.models.loader import Classifier
@@ -122,6 +122,7 @@ class BatchScorer:
         # offline: windows may wait for the model as long as needed, never skipped as overload
         engine_cfg = dataclasses.replace(config.engine, max_lag_s=float("inf"))
         self.engine = ScoringEngine(classifier, config.pipeline, engine_cfg)
+        config.escalation = with_model_defaults(config.escalation, classifier.escalation)
         self.bus = EventBus()
         self.bus.add_sink(self._route)
         model_info = {"name": classifier.name, "trained": classifier.trained}
@@ -139,8 +140,14 @@ class BatchScorer:
         except BatchError as exc:
             report.error = str(exc)
             return report
+        return await self.score_channels(name, channels, {"file": str(path)}, on_audio)
+
+    async def score_channels(self, name: str, channels: dict[str, np.ndarray], meta: dict[str, Any],
+                             on_audio: Any = lambda s: None) -> CallReport:
+        """Score one call given as role -> int16 8 kHz audio (its legs' meta: ``meta``)."""
+        report = self.reports.setdefault(name, CallReport(Path(name), name))
         report.duration_s = max(len(pcm) for pcm in channels.values()) / RATE
-        legs = {role: self.calls.start_leg(name, role, "batch", {"file": str(path)}) for role in channels}
+        legs = {role: self.calls.start_leg(name, role, "batch", meta) for role in channels}
         chunk = int(CHUNK_S * RATE)
         for offset in range(0, len(next(iter(channels.values()))), chunk):
             for role, leg in legs.items():

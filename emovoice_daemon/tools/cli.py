@@ -57,7 +57,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"configuration cannot start: {len(problems)} problem(s)", file=sys.stderr)
         return 2
     print(f"{args.file}: OK")
+    print(f"escalation: {escalation_in_force(config)}")
     return 0
+
+
+def escalation_in_force(config) -> str:  # noqa: ANN001 (Config; imports stay lazy)
+    """The escalation values the daemon would use with this config's model, and where each comes from."""
+    from emovoice_daemon.judgement.policy import describe, with_model_defaults
+    from emovoice_daemon.scoring.models.loader import validate_model
+
+    defaults = validate_model(config.model)
+    return describe(with_model_defaults(config.escalation, defaults), defaults)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emovoice_daemon.config import ModelConfig
+from emovoice_daemon.config import ModelConfig, escalation_defaults_problem
 from emovoice_daemon.scoring.adaptation import LineAdapter
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class Classifier:
     half: bool = False
     labels: tuple[str, ...] = LABELS
     adapter: LineAdapter | None = None  # encoder models: the line's feature statistics
+    escalation: dict[str, Any] = field(default_factory=dict)  # the model's own escalation defaults
+    model_dir: str = ""
 
     def predict(self, batch: np.ndarray, legs: Sequence[str] | None = None) -> np.ndarray:
         """Class probabilities for a batch of equal-length waveforms (of ``legs``, when the model adapts)."""
@@ -149,12 +151,31 @@ def _check_safetensors(path: Path) -> None:
         raise ModelError(f"{path}: truncated: {path.stat().st_size} bytes, its header needs {need}; copy it again")
 
 
-def validate_model(cfg: ModelConfig) -> None:
-    """What ``load_classifier`` would reject in the model directory, without loading the weights."""
+ESCALATION_FILE = "escalation.json"  # a model directory's own escalation defaults (operating point, policy)
+PROFILE_PREFIX = "profile 'model': "
+
+
+def read_escalation(path: Path) -> dict[str, Any]:
+    """The model directory's escalation defaults ({} without the file); a bad file is a ModelError."""
+    file = path / ESCALATION_FILE
+    if not file.exists():
+        return {}
+    data = _read_json(file)
+    problem = escalation_defaults_problem(data)
+    if problem:
+        raise ModelError(f"{file}: {problem.removeprefix(PROFILE_PREFIX)}")
+    return data
+
+
+def validate_model(cfg: ModelConfig) -> dict[str, Any]:
+    """What ``load_classifier`` would reject in the model directory, without loading the weights; returns the
+    model's escalation defaults."""
     path = Path(cfg.path).expanduser() if cfg.path else DEFAULT_DIR
     if cfg.path or DEFAULT_DIR.is_dir():
         config, _ = _validate_dir(path)
         map_labels(config["id2label"], cfg.label_map, str(path / "config.json"))
+        return read_escalation(path)
+    return {}
 
 
 def _validate_dir(path: Path) -> tuple[dict[str, Any], int]:
@@ -228,6 +249,7 @@ def load_directory(path: Path, cfg: ModelConfig) -> Classifier:
 
     config, rate = _validate_dir(path)
     classes = map_labels(config["id2label"], cfg.label_map, str(path / "config.json"))
+    escalation = read_escalation(path)
     try:
         model = AutoModelForAudioClassification.from_pretrained(str(path))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -239,6 +261,7 @@ def load_directory(path: Path, cfg: ModelConfig) -> Classifier:
         model, cfg, name=config.get("_name_or_path") or path.name, trained=True, sampling_rate=rate,
         class_of_label=classes, temperature=float(config.get("temperature", 1.0)),
         normalize_input=bool(prep.get("do_normalize", False)), adapter=_adapter(model, cfg),
+        escalation=escalation, model_dir=str(path),
     )
 
 

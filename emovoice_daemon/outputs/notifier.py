@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import yaml
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -145,7 +146,7 @@ class AgentNotifier:
         self.connections.setdefault(agent, set()).add(queue)
         self.sockets.add(ws)
         metrics.AGENT_CONNECTIONS.inc()
-        reader = asyncio.create_task(self._read_until_closed(ws))
+        reader = asyncio.create_task(read_until_closed(ws))
         try:
             await ws.send_str(json.dumps(self.hello(agent)))
             while not reader.done():
@@ -191,11 +192,6 @@ class AgentNotifier:
             return None
         return agent
 
-    @staticmethod
-    async def _read_until_closed(ws: web.WebSocketResponse) -> None:
-        async for _ in ws:  # agents send nothing after auth; read to notice the close
-            pass
-
     async def bind_handler(self, request: web.Request) -> web.Response:
         """``POST /agent/bind`` with ``{"call_id", "agent"}`` (API token, checked by the API)."""
         try:
@@ -209,11 +205,20 @@ class AgentNotifier:
         return web.json_response({"call_id": call_id, "agent": agent})
 
 
-async def page(request: web.Request) -> web.Response:
-    """The static agent page (no data in it: it fetches nothing until the agent authenticates)."""
-    name, content_type = PAGE_FILES[request.match_info.get("file", "")]
-    body = (WEB_DIR / name).read_bytes()
-    return web.Response(body=body, content_type=content_type, headers=PAGE_HEADERS)
+def page_handler(files: dict[str, tuple[str, str]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler serving ``files`` (``{"" or file name: (name in web/, content type)}``) from ``web/``:
+    static pages with no data in them (they fetch nothing until their user authenticates)."""
+
+    async def page(request: web.Request) -> web.Response:
+        name, content_type = files[request.match_info.get("file", "")]
+        return web.Response(body=(WEB_DIR / name).read_bytes(), content_type=content_type, headers=PAGE_HEADERS)
+    return page
+
+
+async def read_until_closed(ws: web.WebSocketResponse) -> None:
+    """Read a socket whose peer sends nothing more: reading is how its close is noticed."""
+    async for _ in ws:
+        pass
 
 
 PUBLIC_PATHS = {"/agent", "/agent/", "/agent/ws", *(f"/agent/{f}" for f in PAGE_FILES if f)}
@@ -227,6 +232,7 @@ async def to_page(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, notifier: AgentNotifier) -> None:
     """``/agent/`` page files, ``/agent/ws`` (own auth: list them in the API's public paths), ``/agent/bind``."""
     app.router.add_get("/agent", to_page)
+    page = page_handler(PAGE_FILES)
     app.router.add_get("/agent/", page)
     app.router.add_get("/agent/{file:agent\\.(?:js|css)}", page)
     app.router.add_get("/agent/ws", notifier.serve)

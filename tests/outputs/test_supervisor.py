@@ -50,9 +50,11 @@ async def client(bus: EventBus, listened: list[tuple[str, str, str]]):
     writer.cancel()
 
 
-def start(bus: EventBus, call_id: str, *roles: str, **meta: str) -> None:
+def start(bus: EventBus, call_id: str, *roles: str, ago: float = 0.0, **meta: str) -> None:
     for role in roles:
-        bus.publish(bus.make_event("call.started", call_id, role, source="ari", meta=meta, model={}))
+        event = bus.make_event("call.started", call_id, role, source="ari", meta=meta, model={})
+        event["ts"] -= ago
+        bus.publish(event)
 
 
 def score(bus: EventBus, call_id: str, role: str, t: float, negative: float, **extra: Any) -> None:
@@ -130,23 +132,30 @@ async def test_wallboard_in_headless_chromium(client: TestClient, bus: EventBus,
         await browser.wait_for("document.getElementById('status').textContent === 'connected'")
         assert await browser.js("location.hash") == ""  # the token does not stay in the address bar
         rows = "[...document.querySelectorAll('#rows tr')]"
-        start(bus, "calm-call", "customer", "agent", agent="1002", queue="billing")
-        start(bus, "hot-call", "customer", "agent", agent="1001", queue="support")
-        start(bus, "held-call", "mixed", agent="1003")
+        start(bus, "calm-call", "customer", "agent", ago=200, agent="1002", queue="billing")
+        start(bus, "hot-call", "customer", "agent", ago=95, agent="1001", queue="support")
+        start(bus, "held-call", "mixed", ago=40, agent="1003")
         await browser.wait_for(f"{rows}.length === 3")  # rows appear
+        hot = f"{rows}.find(r => r.dataset.callId === 'hot-call')"
+        assert await browser.wait_for(f"{hot}.querySelector('.time').textContent") == "1:35"
+        for t in range(3, 94):
+            score(bus, "calm-call", "customer", t + 100, 0.15 + 0.1 * abs((t % 40) - 20) / 20)
+            score(bus, "calm-call", "agent", t + 100, 0.08 + 0.05 * (t % 7) / 7)
+            score(bus, "hot-call", "customer", t, min(0.85, 0.12 + 0.0001 * t * t))
+            score(bus, "hot-call", "agent", t, 0.1 + 0.2 * (60 <= t <= 66))
+            if t == 60:
+                bus.publish(bus.make_event("cue", "hot-call", "agent", cue="talk_over", at=58.5))
+            if t == 70:
+                raise_(bus, "hot-call", "customer", "watch", 70.0)
+        bus.publish(bus.make_event("cue", "calm-call", "agent", cue="long_silence", at=150.0))
+        await browser.wait_for(f"{hot}.querySelector('.cust').textContent === 'watch'")  # and update
+        assert await browser.js(f"{hot}.querySelector('.cues').textContent") == "T×1 "
         for t in range(3, 40):
-            score(bus, "calm-call", "customer", t, 0.1 + 0.05 * (t % 3))
-            score(bus, "calm-call", "agent", t, 0.05)
-            score(bus, "hot-call", "customer", t, min(0.9, 0.02 * t))
-            score(bus, "hot-call", "agent", t, 0.1)
-        await browser.wait_for(f"{rows}.find(r => r.dataset.callId === 'hot-call')"
-                               ".querySelector('.cust').textContent === 'calm'")  # and update
-        for t in range(3, 7):
-            score(bus, "held-call", "mixed", t, 0.05, speech=False)
+            score(bus, "held-call", "mixed", t, 0.05, speech=t < 30)
         await browser.wait_for(f"{rows}.find(r => r.dataset.callId === 'held-call')"
                                ".querySelector('.cust').textContent === 'on hold'")
         raised = time.monotonic()
-        raise_(bus, "hot-call", "customer", "alert", 38.0)
+        raise_(bus, "hot-call", "customer", "alert", 90.0)
         await browser.wait_for(f"{rows}[0].dataset.callId === 'hot-call' && {rows}[0].classList.contains('alert')",
                                poll=0.05)
         assert time.monotonic() - raised < 1.0  # an alert turns its row red (and first) within a second
@@ -168,8 +177,8 @@ async def test_wallboard_in_headless_chromium(client: TestClient, bus: EventBus,
             await browser.wait_for(f"document.getElementById('message').textContent.includes('{mode}: alice')")
         assert listened == [("hot-call", "alice", "listen"), ("hot-call", "alice", "whisper")]
 
-        end(bus, "hot-call", "customer", 40.0)
-        end(bus, "hot-call", "agent", 40.0)
+        end(bus, "hot-call", "customer", 95.0)
+        end(bus, "hot-call", "agent", 95.0)
         await browser.wait_for("document.getElementById('tl-source').textContent === 'from history'", timeout=10)
         assert await browser.wait_for(inked) > 2000
         assert await browser.wait_for("document.querySelectorAll('#recent li').length === 1")

@@ -6,7 +6,7 @@
 const SPARK_S = 180, ENDED_KEEP_S = 30, HOLD_WINDOWS = 3, TALK_OVER = "agent_talk_over_upset_customer";
 const RANK = { "": 0, watch: 1, alert: 2 };
 const COLOURS = { customer: "#c2410c", agent: "#1d4ed8", mixed: "#7c3aed" };
-const BANDS = { watch: "rgba(250, 204, 21, .35)", alert: "rgba(239, 68, 68, .35)" };
+const BANDS = { watch: "#fdeeb0", alert: "#fbc2c2" };
 const calls = new Map();  // call_id -> the board's state of the call (the same shape as hello's calls)
 const rows = new Map();  // call_id -> <tr>
 const lags = [];
@@ -79,10 +79,11 @@ function cues(call) {
 function plot(canvas, call, fromT, toT, axes) {
   const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height, pad = axes ? 28 : 1;
   const x = (t) => pad + (t - fromT) / Math.max(toT - fromT, 1) * (w - 2 * pad), y = (v) => h - pad - v * (h - 2 * pad);
+  const last = Math.max(0, ...Object.values(call.legs).flatMap((l) => l.points.map((p) => p[0])));
   ctx.clearRect(0, 0, w, h);
-  for (const m of call.marks.filter((m) => m.type === "escalation.raised")) {
+  for (const m of call.marks.filter((m) => m.type === "escalation.raised")) {  // a later band covers an earlier one
     ctx.fillStyle = BANDS[m.severity] || BANDS.watch;
-    ctx.fillRect(x(m.at), pad, Math.max(2, x(m.cleared_at ?? toT) - x(m.at)), h - 2 * pad);
+    ctx.fillRect(x(Math.max(m.at, fromT)), pad, Math.max(2, x(m.cleared_at ?? last) - x(Math.max(m.at, fromT))), h - 2 * pad);
   }
   if (axes) {
     ctx.strokeStyle = "#ccc"; ctx.fillStyle = "#555"; ctx.font = "11px sans-serif";
@@ -138,11 +139,11 @@ function render() {
   $("empty").hidden = list.length > 0;
   const live = list.filter((c) => !c.ended), states = live.flatMap((c) => Object.keys(c.legs).map((r) => legState(c, r)));
   const lag = [...lags].sort((a, b) => a - b)[lags.length >> 1] || 0;
-  $("counts").textContent = `calls ${live.length}${list.length > live.length ? ` (+${list.length - live.length} ended)` : ""}` +
-    `   legs ${states.filter((s) => s !== "ended").length}   alert ${live.filter((c) => severity(c) === "alert").length}` +
-    `   watch ${live.filter((c) => severity(c) === "watch").length}   on hold ${states.filter((s) => s === "hold").length}` +
-    `   lag p50 ${Math.round(lag)} ms   device ${health.device || "-"}   load ${health.cpu_load ?? "-"}/${health.cpus ?? "-"} CPU` +
-    `   model ${health.model?.name || "-"}${health.sites ? "   sites " + health.sites.join(", ") : ""}`;
+  $("counts").textContent = [`calls ${live.length}${list.length > live.length ? ` (+${list.length - live.length} ended)` : ""}`,
+    `legs ${states.filter((s) => s !== "ended").length}`, `alert ${live.filter((c) => severity(c) === "alert").length}`,
+    `watch ${live.filter((c) => severity(c) === "watch").length}`, `on hold ${states.filter((s) => s === "hold").length}`,
+    `lag p50 ${Math.round(lag)} ms`, `device ${health.device || "-"}`, `load ${health.cpu_load ?? "-"}/${health.cpus ?? "-"} CPU`,
+    `model ${health.model?.name || "-"}`, ...(health.sites ? ["sites " + health.sites.join(", ")] : [])].join("  ·  ");
   drawTimeline();
 }
 

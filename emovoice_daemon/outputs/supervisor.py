@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from emovoice_daemon.outputs.events import Event
-from emovoice_daemon.outputs.notifier import CLOSE_AUTH, page_handler, read_until_closed
+from emovoice_daemon.outputs.notifier import CLOSE_AUTH, add_page, send_until_closed
 
 BOARD_EVENTS = ("call.started", "score", "escalation.raised", "escalation.cleared", "cue", "call.ended")
 POINTS_MAX = 600  # per leg; when full, neighbouring points merge (their maximum) and the resolution halves
@@ -136,24 +136,10 @@ class SupervisorBoard:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self.pages.add(queue)
         self.sockets.add(ws)
-        reader = asyncio.create_task(read_until_closed(ws))
+        queue.put_nowait(self.hello())
         try:
-            await ws.send_str(json.dumps(self.hello()))
-            while not reader.done():
-                getter = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                event = getter.result()
-                if event is None:
-                    await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow: reconnect")
-                    break
-                await ws.send_str(json.dumps(event))
-        except (ConnectionError, RuntimeError):
-            pass  # the page went away mid-send
+            await send_until_closed(ws, queue)
         finally:
-            reader.cancel()
             self.pages.discard(queue)
             self.sockets.discard(ws)
         return ws
@@ -175,17 +161,9 @@ class SupervisorBoard:
         return isinstance(data, dict) and data.get("type") == "auth" and self.authenticate(str(data.get("token", "")))
 
 
-async def to_page(request: web.Request) -> web.Response:
-    """``/supervisor`` -> ``/supervisor/`` (the browser keeps the ``#token=...`` fragment)."""
-    raise web.HTTPPermanentRedirect("/supervisor/")
-
-
 def add_routes(app: web.Application, board: SupervisorBoard) -> None:
     """The page files and ``/supervisor/ws`` (own auth: listed in ``PUBLIC_PATHS``)."""
-    app.router.add_get("/supervisor", to_page)
-    page = page_handler(PAGE_FILES)
-    app.router.add_get("/supervisor/", page)
-    app.router.add_get("/supervisor/{file:supervisor\\.(?:js|css)}", page)
+    add_page(app, "supervisor", PAGE_FILES)
     app.router.add_get("/supervisor/ws", board.serve)
 
     async def close(_: web.Application) -> None:

@@ -10,6 +10,10 @@ Both legs are cut into the same 20 ms frames (leg time) and each frame is voiced
   ``escalate_talk_over_negative``, it is published as an escalation of the agent leg with
   reason ``agent_talk_over_upset_customer`` (cleared when the overlap ends);
 - **long silence**: neither voiced for ``long_silence_s``;
+
+each talk-over and long silence is also published as a ``cue`` event when it is counted (``cue``:
+``talk_over`` on the leg of the one who started speaking second, or ``long_silence`` on the agent leg:
+dead air is the agent's to fill; ``at``: where it began, leg seconds);
 - **pace**: voiced segments per minute for each role;
 - **relative loudness**: agent minus customer mean level of voiced frames, in dB.
 """
@@ -95,6 +99,7 @@ class CallCues:
         if self._silence == round(self.cfg.long_silence_s / FRAME_S):
             self.long_silences += 1
             metrics.CUE_LONG_SILENCES.inc()
+            self._publish("cue", "agent", cue="long_silence", at=round((k + 1 - self._silence) * FRAME_S, 2))
         if both:
             self.talk_over_s += FRAME_S
             metrics.CUE_TALK_OVER_SECONDS.inc(FRAME_S)
@@ -104,6 +109,8 @@ class CallCues:
             if self._overlap == round(self.cfg.talk_over_min_s / FRAME_S):
                 self.talk_overs += 1
                 metrics.CUE_TALK_OVERS.inc()
+                second = "agent" if agent.run_start > cust.run_start else "customer"
+                self._publish("cue", second, cue="talk_over", at=round((k + 1 - self._overlap) * FRAME_S, 2))
                 if agent.run_start > cust.run_start and self.customer_negative >= self.cfg.escalate_talk_over_negative:
                     self._raise(k)
         elif self._overlap:
@@ -112,7 +119,7 @@ class CallCues:
 
     def _raise(self, k: int) -> None:
         self._raised_at = k * FRAME_S
-        self._publish("escalation.raised", severity="watch", reason=TALK_OVER_REASON, at=round(self._raised_at, 2),
+        self._publish("escalation.raised", "agent", severity="watch", reason=TALK_OVER_REASON, at=round(self._raised_at, 2),
                       negative_smoothed=round(self.customer_negative, 4))
 
     def _clear(self, end: int) -> None:
@@ -120,12 +127,12 @@ class CallCues:
         if self._raised_at is None:
             return
         at = end * FRAME_S
-        self._publish("escalation.cleared", at=round(at, 2), negative_smoothed=round(self.customer_negative, 4),
+        self._publish("escalation.cleared", "agent", at=round(at, 2), negative_smoothed=round(self.customer_negative, 4),
                       duration_s=round(at - self._raised_at, 2), reason=TALK_OVER_REASON)
         self._raised_at = None
 
-    def _publish(self, type_: str, **fields: Any) -> None:
-        self.bus.publish(self.bus.make_event(type_, self.call_id, "agent", **fields))
+    def _publish(self, type_: str, role: str, **fields: Any) -> None:
+        self.bus.publish(self.bus.make_event(type_, self.call_id, role, **fields))
 
     def summary(self) -> dict[str, Any]:
         """Per-call cue figures (also observed into the Prometheus histograms at call end)."""

@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from emovoice_daemon.config import ApiConfig, read_secret
-from emovoice_daemon.outputs import history, metrics, notifier
+from emovoice_daemon.outputs import history, metrics, notifier, supervisor
 from emovoice_daemon.outputs.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class ApiContext:
     history: history.CallHistory | None = None
     notifier: notifier.AgentNotifier | None = None
     listen_in: ListenIn | None = None
+    supervisor: supervisor.SupervisorBoard | None = None
 
 
 class OneLineBadRequests(logging.Filter):
@@ -60,7 +61,7 @@ SERVER_LOG.addFilter(OneLineBadRequests())
 CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("context")
 SOCKETS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
 WS_CLOSE_TIMEOUT_S = 2.0  # how long a closing client may take to answer the close frame
-PUBLIC_PATHS = {"/", "/health", *notifier.PUBLIC_PATHS}  # the agent page and socket check agent tokens
+PUBLIC_PATHS = {"/", "/health", *notifier.PUBLIC_PATHS, *supervisor.PUBLIC_PATHS}  # the pages' sockets check tokens
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -89,6 +90,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 INDEX = """EmoVoice daemon API
 
 /agent/#agent=ID&token=AGENT_TOKEN   the agent page (a browser; no API token needed)
+/supervisor/#token=API_TOKEN          the supervisors' wallboard (a browser)
 /health                               daemon health (JSON; no token needed)
 /events  /calls  /calls/{id}  /metrics   need the API token: Authorization: Bearer TOKEN (or ?token=)
 supervisor view: emovoice-top --url http://THIS-HOST:PORT --token-file /etc/emovoice/api-token
@@ -171,6 +173,8 @@ def build_app(ctx: ApiContext) -> web.Application:
         history.add_routes(app, ctx.history)
     if ctx.notifier is not None:
         notifier.add_routes(app, ctx.notifier)
+    if ctx.supervisor is not None:
+        supervisor.add_routes(app, ctx.supervisor)
     if ctx.listen_in is not None:
         app.router.add_post("/calls/{call_id}/listen", listen_in)
     return app

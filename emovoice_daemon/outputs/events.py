@@ -15,7 +15,8 @@ from emovoice_daemon.outputs import metrics
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-EVENT_TYPES = ("call.started", "call.dtmf", "call.hold", "score", "escalation.raised", "escalation.cleared", "call.ended")
+EVENT_TYPES = ("call.started", "call.dtmf", "call.hold", "score", "escalation.raised", "escalation.cleared", "cue",
+               "call.ended")
 
 Event = dict[str, Any]
 Sink = Callable[[Event], None]

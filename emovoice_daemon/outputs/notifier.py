@@ -71,7 +71,7 @@ class AgentNotifier:
         self.api_token = api_token
         self.tokens = load_agent_tokens(cfg)
         self.calls: dict[str, _Call] = {}
-        self.connections: dict[str, set[asyncio.Queue[Event]]] = {}
+        self.connections: dict[str, set[asyncio.Queue[Event | None]]] = {}
         self.sockets: set[web.WebSocketResponse] = set()
 
     def bind(self, call_id: str, agent: str) -> None:
@@ -141,24 +141,14 @@ class AgentNotifier:
         if agent is None:
             await ws.close(code=CLOSE_AUTH, message=b"authentication failed")
             return ws
-        queue: asyncio.Queue[Event] = asyncio.Queue(AGENT_QUEUE)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(AGENT_QUEUE)
         self.connections.setdefault(agent, set()).add(queue)
         self.sockets.add(ws)
         metrics.AGENT_CONNECTIONS.inc()
-        reader = asyncio.create_task(self._read_until_closed(ws))
+        queue.put_nowait(self.hello(agent))
         try:
-            await ws.send_str(json.dumps(self.hello(agent)))
-            while not reader.done():
-                getter = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                await ws.send_str(json.dumps(getter.result()))
-        except (ConnectionError, RuntimeError):
-            pass  # the agent went away mid-send
+            await send_until_closed(ws, queue)
         finally:
-            reader.cancel()
             self.sockets.discard(ws)
             metrics.AGENT_CONNECTIONS.dec()
             self.connections[agent].discard(queue)
@@ -191,11 +181,6 @@ class AgentNotifier:
             return None
         return agent
 
-    @staticmethod
-    async def _read_until_closed(ws: web.WebSocketResponse) -> None:
-        async for _ in ws:  # agents send nothing after auth; read to notice the close
-            pass
-
     async def bind_handler(self, request: web.Request) -> web.Response:
         """``POST /agent/bind`` with ``{"call_id", "agent"}`` (API token, checked by the API)."""
         try:
@@ -209,25 +194,55 @@ class AgentNotifier:
         return web.json_response({"call_id": call_id, "agent": agent})
 
 
-async def page(request: web.Request) -> web.Response:
-    """The static agent page (no data in it: it fetches nothing until the agent authenticates)."""
-    name, content_type = PAGE_FILES[request.match_info.get("file", "")]
-    body = (WEB_DIR / name).read_bytes()
-    return web.Response(body=body, content_type=content_type, headers=PAGE_HEADERS)
+def add_page(app: web.Application, name: str, files: dict[str, tuple[str, str]]) -> None:
+    """Serve a static page from ``web/`` at ``/<name>/`` (``files``: ``{"" or file name: (name in web/,
+    content type)}``; no data in it: it fetches nothing until its user authenticates), and redirect
+    ``/<name>`` there (the browser keeps the ``#...`` fragment with the credentials)."""
+
+    async def page(request: web.Request) -> web.Response:
+        file, content_type = files[request.path.rsplit("/", 1)[1]]
+        return web.Response(body=(WEB_DIR / file).read_bytes(), content_type=content_type, headers=PAGE_HEADERS)
+
+    async def to_page(request: web.Request) -> web.Response:
+        raise web.HTTPPermanentRedirect(f"/{name}/{'?' + request.query_string if request.query_string else ''}")
+
+    app.router.add_get(f"/{name}", to_page)
+    for file in files:
+        app.router.add_get(f"/{name}/{file}", page)
+
+
+async def send_until_closed(ws: web.WebSocketResponse, queue: asyncio.Queue[Event | None]) -> None:
+    """Send each queued event as JSON until the peer closes the socket (it sends nothing more: reading
+    is how its close is noticed); a ``None`` in the queue closes it, asking the peer to reconnect."""
+    reader = asyncio.create_task(_read_until_closed(ws))
+    try:
+        while not reader.done():
+            getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            event = getter.result()
+            if event is None:
+                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow: reconnect")
+                break
+            await ws.send_str(json.dumps(event))
+    except (ConnectionError, RuntimeError):
+        pass  # the peer went away mid-send
+    finally:
+        reader.cancel()
+
+
+async def _read_until_closed(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass
 
 
 PUBLIC_PATHS = {"/agent", "/agent/", "/agent/ws", *(f"/agent/{f}" for f in PAGE_FILES if f)}
 
 
-async def to_page(request: web.Request) -> web.Response:
-    """``/agent`` -> ``/agent/`` (the browser keeps the ``#agent=...&token=...`` fragment)."""
-    raise web.HTTPPermanentRedirect(f"/agent/{'?' + request.query_string if request.query_string else ''}")
-
-
 def add_routes(app: web.Application, notifier: AgentNotifier) -> None:
     """``/agent/`` page files, ``/agent/ws`` (own auth: list them in the API's public paths), ``/agent/bind``."""
-    app.router.add_get("/agent", to_page)
-    app.router.add_get("/agent/", page)
-    app.router.add_get("/agent/{file:agent\\.(?:js|css)}", page)
+    add_page(app, "agent", PAGE_FILES)
     app.router.add_get("/agent/ws", notifier.serve)
     app.router.add_post("/agent/bind", notifier.bind_handler)

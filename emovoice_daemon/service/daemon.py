@@ -26,6 +26,7 @@ from emovoice_daemon.outputs.events import EventBus, journal
 from emovoice_daemon.outputs.history import CallHistory
 from emovoice_daemon.outputs.jetstream import JetStreamPublisher
 from emovoice_daemon.outputs.notifier import AgentNotifier
+from emovoice_daemon.outputs.supervisor import SupervisorBoard
 from emovoice_daemon.outputs.recovery import lost_legs
 from emovoice_daemon.outputs.webhook import WebhookSender
 from emovoice_daemon.scoring.engine import ScoringEngine
@@ -50,6 +51,7 @@ class Daemon:
         self.api_address = ""
         self.history: CallHistory | None = None
         self.notifier: AgentNotifier | None = None
+        self.board: SupervisorBoard | None = None
         self.webhook: WebhookSender | None = None
         self.jetstream: JetStreamPublisher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,7 +141,7 @@ class Daemon:
                 await component.stop()
 
     def _start_escalation_outputs(self) -> None:
-        """Call history, agent notifier, webhook and JetStream, all fed as bus sinks."""
+        """Call history, agent notifier, supervisor wallboard, webhook and JetStream, all fed as bus sinks."""
         cfg = self.config
         if cfg.history.enabled:
             self.history = CallHistory(cfg.history.path, cfg.history.retention_days)
@@ -148,6 +150,9 @@ class Daemon:
         if cfg.notifier.enabled:
             self.notifier = AgentNotifier(cfg.notifier, self.api_token)
             self.bus.add_sink(self.notifier.sink)
+        if cfg.api.enabled:
+            self.board = SupervisorBoard(self.api_token, listen=cfg.ami.enabled)
+            self.bus.add_sink(self.board.sink)
         if cfg.webhook.url:
             self.webhook = WebhookSender(cfg.webhook)
             self.bus.add_sink(self.webhook.sink)
@@ -169,7 +174,7 @@ class Daemon:
     async def _start_api(self) -> None:
         cfg = self.config.api
         context = ApiContext(self.api_token, cfg.metrics_public, self.bus, self.health, self.history, self.notifier,
-                             self.ami.listen_in if self.ami is not None else None)
+                             self.ami.listen_in if self.ami is not None else None, self.board)
         self._runner, self.api_address = await start_api(cfg, context)
 
     def health(self) -> dict[str, Any]:

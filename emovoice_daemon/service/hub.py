@@ -7,7 +7,8 @@ reads them back, so supervisors, agents and QA have one place whatever server to
   consumer ``emovoice-history``: each event is applied once, also when JetStream redelivers it
   after a crash (its id is stored in the same transaction); ``meta.site`` says which server;
 - the agent notifier (``/agent/``, ``/agent/ws``, ``/agent/bind``) following the stream;
-- ``/events`` (every site's events: ``emovoice-top --url`` works against the hub), ``/health``, ``/metrics``.
+- ``/events`` (every site's events: ``emovoice-top --url`` works against the hub), the wallboard
+  ``/supervisor/``, ``/health``, ``/metrics``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from emovoice_daemon.outputs.history import CallHistory
 from emovoice_daemon.outputs.jetstream import (PREFIX, DurableReader, connect, ensure_stream, follow, retrying,
                                                site_filter)
 from emovoice_daemon.outputs.notifier import AgentNotifier
+from emovoice_daemon.outputs.supervisor import SupervisorBoard
 from emovoice_daemon.service.lifecycle import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ class Hub:
         self.notifier = AgentNotifier(config.notifier, self.api_token) if config.notifier.enabled else None
         if self.notifier is not None:
             self.bus.add_sink(self.notifier.sink)
+        self.board = SupervisorBoard(self.api_token, listen=False)  # listen-in goes through the call's daemon
+        self.bus.add_sink(self.board.sink)
         self.started_at = time.time()
         self.live: set[tuple[str, str, str]] = set()  # (site, call, role): legs started (since the hub) not ended
         self._nc: Client | None = None
@@ -64,7 +68,7 @@ class Hub:
         self._tasks.append(asyncio.create_task(self._follow(js), name="follow"))
         if self.config.api.enabled:
             context = ApiContext(self.api_token, self.config.api.metrics_public, self.bus, self.health,
-                                 self.history, self.notifier)
+                                 self.history, self.notifier, supervisor=self.board)
             self._runner, _ = await start_api(self.config.api, context)
         log.info("emovoice hub ready (stream %s on %s)", cfg.stream, ", ".join(cfg.servers))
 

@@ -47,6 +47,8 @@ def test_agent_talking_over_an_upset_customer_is_escalated_and_cleared(rig) -> N
     assert len(raised) == 1 and raised[0]["role"] == "agent" and raised[0]["reason"] == TALK_OVER_REASON
     assert raised[0]["at"] == pytest.approx(2.5, abs=0.05) and raised[0]["negative_smoothed"] == 0.8
     assert len(cleared) == 1 and cleared[0]["duration_s"] == pytest.approx(0.5, abs=0.05)
+    [cue] = [e for e in events if e["type"] == "cue"]  # the wallboard's mark: who talked over, from when
+    assert cue["cue"] == "talk_over" and cue["role"] == "agent" and cue["at"] == pytest.approx(1.5, abs=0.05)
     summary = tracker.close("c1")
     assert summary["talk_overs"] == 1 and summary["talk_over_s"] == pytest.approx(1.5, abs=0.05)
     assert summary["agent_minus_customer_db"] == pytest.approx(6.0, abs=0.3)
@@ -64,16 +66,20 @@ def test_no_escalation_for_a_calm_customer_or_when_the_customer_interrupts(rig) 
     _feed(upset, "customer", np.concatenate([silence(1.0), tone(2.0)]))
     assert not [e for e in events if e["type"].startswith("escalation.")]
     assert calm.talk_overs == 1 and upset.talk_overs == 1
+    cues = {e["call_id"]: e for e in events if e["type"] == "cue"}
+    assert (cues["calm"]["role"], cues["interrupting-customer"]["role"]) == ("agent", "customer")
 
 
 def test_long_silence_pace_and_short_overlaps(rig) -> None:
-    tracker, _ = rig
+    tracker, events = rig
     cues = tracker.open("c2")
     segment = np.concatenate([tone(0.5), silence(0.5)])
     _feed(cues, "customer", np.concatenate([np.tile(segment, 3), silence(6.0)]))  # 3 segments in 9 s
     _feed(cues, "agent", np.concatenate([silence(0.2), tone(0.5), silence(8.3)]))  # overlaps 0.3 s: not a talk-over
     summary = tracker.close("c2")
     assert summary["long_silences"] == 1
+    [cue] = [e for e in events if e["type"] == "cue"]
+    assert cue["cue"] == "long_silence" and cue["at"] == pytest.approx(2.5, abs=0.05)
     assert summary["talk_overs"] == 0 and summary["talk_over_s"] == pytest.approx(0.3, abs=0.05)
     assert summary["pace_per_min"] == {"customer": pytest.approx(20.0, abs=0.5), "agent": pytest.approx(6.7, abs=0.2)}
 

@@ -55,9 +55,10 @@ async def test_every_route_except_health_needs_the_bearer_token(running: Daemon)
         with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
             await session.ws_connect(base + "/events")
         assert exc.value.status == 401
-    # the only public paths are /health, the static index and the agent page, whose socket checks agent tokens itself
-    assert {p for _, p in routes if p in api.PUBLIC_PATHS} <= {"/", "/health", "/agent", "/agent/", "/agent/ws",
-                                                               "/agent/agent.js"}
+    # the only public paths are /health, the static index and the agent and supervisor pages, whose sockets check
+    # the tokens themselves
+    pages = {f"/{page}{file}" for page in ("agent", "supervisor") for file in ("", "/", "/ws", f"/{page}.js", f"/{page}.css")}
+    assert {p for _, p in routes if p in api.PUBLIC_PATHS} == {"/", "/health", *pages}
 
 
 async def test_root_says_what_is_served_and_agent_without_slash_redirects(running: Daemon) -> None:
@@ -71,6 +72,10 @@ async def test_root_says_what_is_served_and_agent_without_slash_redirects(runnin
             assert resp.status == 308 and resp.headers["Location"] == "/agent/"
         async with session.get(base + "/agent") as resp:
             assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+        async with session.get(base + "/supervisor/supervisor.js") as resp:
+            assert resp.status == 200 and TOKEN not in await resp.text()  # a static page: no token, no data
+        with pytest.raises(aiohttp.WSServerHandshakeError):  # the sockets stay a page's own, at fixed paths
+            await session.ws_connect(base + "/supervisor/other")
 
 
 @pytest.mark.parametrize("running", ["api: {port: 0, token: s3cret-token, metrics_public: true}\n"], indirect=True)

@@ -1,6 +1,7 @@
 """Two call servers, one view: two daemons (sites lyon and paris) publish to a real nats-server;
 ``emovoice-top --nats`` (in tmux) shows the calls of both at once, and the hub gives one call history
-(``/calls`` with each call's site) and prompts an agent whose call is on either server."""
+(``/calls`` with each call's site), prompts an agent whose call is on either server and feeds the wallboard
+(``/supervisor/ws``) of both sites, as each daemon feeds its own."""
 from __future__ import annotations
 
 import asyncio
@@ -49,6 +50,15 @@ def _get(port: int, path: str, body: dict | None = None) -> dict | None:
         return None
 
 
+async def _board(session: aiohttp.ClientSession, port: int, token: str) -> dict:
+    """The wallboard's hello from ``/supervisor/ws`` (the token as its first message, as the page sends it)."""
+    async with session.ws_connect(f"http://127.0.0.1:{port}/supervisor/ws") as ws:
+        await ws.send_json({"type": "auth", "token": token})
+        hello = json.loads((await ws.receive(timeout=5)).data)
+    assert hello["type"] == "hello"
+    return hello
+
+
 async def test_top_and_hub_follow_two_daemons(tmp_path: Path) -> None:
     node = NatsNode("solo", tmp_path / "nats")
     node.start()
@@ -80,6 +90,14 @@ async def test_top_and_hub_follow_two_daemons(tmp_path: Path) -> None:
             (ARTIFACTS / "emovoice_top_two_daemons.txt").write_text(screen)
             prompt = await _next_of(agent, "escalation.raised")
             assert prompt["call_id"] == paris_call and prompt["site"] == "paris" and prompt["phrase"]
+            hub_board = await _board(session, hub_port, HUB_TOKEN)
+            assert hub_board["listen"] is False  # listen-in goes through the call's daemon
+            sites = {c["call_id"]: c["meta"].get("site") for c in hub_board["calls"]}
+            assert sites == {lyon_call: "lyon", paris_call: "paris"}
+            paris = next(c for c in hub_board["calls"] if c["call_id"] == paris_call)
+            assert any(m["type"] == "escalation.raised" for m in paris["marks"]) and paris["legs"]["mixed"]["points"]
+            own_board = await _board(session, daemons[1].api_port, daemons[1].token)
+            assert [c["call_id"] for c in own_board["calls"]] == [paris_call]
             for task in calls:
                 task.cancel()
         for daemon in daemons:

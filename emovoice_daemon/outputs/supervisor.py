@@ -22,9 +22,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from emovoice_daemon.outputs.events import Event
 from emovoice_daemon.outputs.notifier import CLOSE_AUTH, add_page, send_until_closed
 
-BOARD_EVENTS = ("call.started", "score", "escalation.raised", "escalation.cleared", "cue", "call.ended")
+BOARD_EVENTS = ("call.started", "call.hold", "score", "escalation.raised", "escalation.cleared", "cue", "call.ended")
 POINTS_MAX = 600  # per leg; when full, neighbouring points merge (their maximum) and the resolution halves
-SPEECH_KEEP = 3  # the last score events' ``speech`` flags kept per leg: all false shows the leg on hold
 ENDED_KEEP_S = 30.0
 PAGE_QUEUE = 2000
 AUTH_TIMEOUT_S = 10.0
@@ -37,8 +36,7 @@ PUBLIC_PATHS = {"/supervisor", "/supervisor/", "/supervisor/ws", *(f"/supervisor
 class _Leg:
     points: list[tuple[float, float]] = field(default_factory=list)  # (leg seconds, smoothed NEGATIVE)
     label: str = ""
-    speech: list[bool] = field(default_factory=list)
-    state: str = ""  # the leg state a score event names (e.g. on_hold), if any
+    on_hold: bool = False  # the last call.hold said so (music or tones, no speech)
     ended: bool = False
 
     def add(self, t: float, smoothed: float) -> None:
@@ -96,8 +94,9 @@ class SupervisorBoard:
             call.started, call.ended, leg.ended = min(call.started, event["ts"]), None, False
         elif kind == "score":
             leg.add(event["window"]["end"], event["negative_smoothed"])
-            leg.label, leg.state = event["label"], str(event.get("state", ""))
-            leg.speech = [*leg.speech, event.get("speech") is not False][-SPEECH_KEEP:]
+            leg.label = event["label"]
+        elif kind == "call.hold":
+            leg.on_hold = bool(event["on_hold"])
         elif kind == "escalation.raised":
             call.marks.append({k: event.get(k) for k in ("type", "role", "severity", "reason", "at")})
         elif kind == "escalation.cleared":

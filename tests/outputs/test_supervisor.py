@@ -57,11 +57,11 @@ def start(bus: EventBus, call_id: str, *roles: str, ago: float = 0.0, **meta: st
         bus.publish(event)
 
 
-def score(bus: EventBus, call_id: str, role: str, t: float, negative: float, **extra: Any) -> None:
+def score(bus: EventBus, call_id: str, role: str, t: float, negative: float) -> None:
     probs = {"NEGATIVE": negative, "NEUTRAL": 1 - negative, "POSITIVE": 0.0}
     bus.publish(bus.make_event("score", call_id, role, window={"start": t - 3, "end": t}, probs=probs,
                                label="NEGATIVE" if negative > .5 else "NEUTRAL", negative_smoothed=negative,
-                               lag_ms=40, model={}, **extra))
+                               lag_ms=40, model={}))
 
 
 def raise_(bus: EventBus, call_id: str, role: str, severity: str, at: float) -> None:
@@ -150,8 +150,9 @@ async def test_wallboard_in_headless_chromium(client: TestClient, bus: EventBus,
         bus.publish(bus.make_event("cue", "calm-call", "agent", cue="long_silence", at=150.0))
         await browser.wait_for(f"{hot}.querySelector('.cust').textContent === 'watch'")  # and update
         assert await browser.js(f"{hot}.querySelector('.cues').textContent") == "T×1 "
-        for t in range(3, 40):
-            score(bus, "held-call", "mixed", t, 0.05, speech=t < 30)
+        for t in range(3, 30):
+            score(bus, "held-call", "mixed", t, 0.05)
+        bus.publish(bus.make_event("call.hold", "held-call", "mixed", on_hold=True, at=35.0))
         await browser.wait_for(f"{rows}.find(r => r.dataset.callId === 'held-call')"
                                ".querySelector('.cust').textContent === 'on hold'")
         raised = time.monotonic()

@@ -3,7 +3,7 @@
 // form; it goes to /supervisor/ws as the first message and to the API as an Authorization header.
 "use strict";
 
-const SPARK_S = 180, ENDED_KEEP_S = 30, HOLD_WINDOWS = 3, TALK_OVER = "agent_talk_over_upset_customer";
+const SPARK_S = 180, ENDED_KEEP_S = 30, TALK_OVER = "agent_talk_over_upset_customer";
 const RANK = { "": 0, watch: 1, alert: 2 };
 const COLOURS = { customer: "#c2410c", agent: "#1d4ed8", mixed: "#7c3aed" };
 const BANDS = { watch: "#fdeeb0", alert: "#fbc2c2" };
@@ -20,7 +20,7 @@ function apply(ev) {
   if (!call) calls.set(ev.call_id, call = { call_id: ev.call_id, started: ev.ts, meta: {}, legs: {}, marks: [], ended: null });
   if (ev.site) call.meta.site = ev.site;
   if (ev.type === "cue") { call.marks.push(ev); return; }
-  const leg = call.legs[ev.role] ||= { points: [], label: "", speech: [], state: "", ended: false };
+  const leg = call.legs[ev.role] ||= { points: [], label: "", onHold: false, ended: false };
   const open = (reason) => call.marks.filter((m) => m.type === "escalation.raised" && m.role === ev.role &&
                                            m.cleared_at === undefined && (reason == null || m.reason === reason));
   switch (ev.type) {
@@ -30,10 +30,10 @@ function apply(ev) {
       break;
     case "score":
       leg.points.push([ev.window.end, ev.negative_smoothed]);
-      leg.label = ev.label; leg.state = ev.state || "";
-      leg.speech = [...leg.speech, ev.speech !== false].slice(-HOLD_WINDOWS);
+      leg.label = ev.label;
       lags.push(ev.lag_ms); if (lags.length > 50) lags.shift();
       break;
+    case "call.hold": leg.onHold = ev.on_hold; break;
     case "escalation.raised": call.marks.push(ev); break;
     case "escalation.cleared": open(ev.reason).forEach((m) => { m.cleared_at = ev.at; }); break;
     case "call.ended":
@@ -51,8 +51,7 @@ function legState(call, role) {
   const severity = call.marks.filter((m) => m.type === "escalation.raised" && m.role === role && m.cleared_at === undefined)
     .reduce((s, m) => RANK[m.severity] > RANK[s] ? m.severity : s, "");
   if (severity) return severity;
-  const silent = leg.speech.length >= HOLD_WINDOWS && leg.speech.every((s) => !s);
-  return leg.state === "on_hold" || silent ? "hold" : "calm";
+  return leg.onHold ? "hold" : "calm";
 }
 
 function severity(call) {

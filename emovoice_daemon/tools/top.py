@@ -120,6 +120,8 @@ class TopState:
             while leg.negatives[0][0] < event["window"]["end"] - SPARK_S:
                 leg.negatives.popleft()
             self.lags.append(event["lag_ms"])
+        elif kind == "call.hold":
+            leg.label, leg.prob = ("on hold", 0.0) if event["on_hold"] else ("-", 0.0)
         elif kind == "escalation.raised":
             leg.severity = event["severity"]
         elif kind == "escalation.cleared":
@@ -202,7 +204,7 @@ def render(state: TopState, now: float) -> Group:
             "\n".join((marker + call.call_id[:8], *([" " + call.meta["site"]] if "site" in call.meta else []))),
             str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
             _duration(end - call.started),
-            "\n".join(_tagged(leg.role, f"{leg.label} {leg.prob:.2f}") for leg in legs),
+            "\n".join(_tagged(leg.role, leg.label if leg.label == "on hold" else f"{leg.label} {leg.prob:.2f}") for leg in legs),
             "\n".join(_tagged(leg.role, sparkline(leg.negatives)) for leg in legs),
             "ended" if call.ended else (call.severity.upper() or "ok"),
             style="dim" if call.ended else style)

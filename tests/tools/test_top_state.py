@@ -101,3 +101,14 @@ def test_help_has_no_rst_markup() -> None:
     out = subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.top", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "emovoice-top: a supervisor's live terminal view" in out.stdout
     assert "``" not in out.stdout
+
+
+def test_a_leg_on_hold_says_so_until_speech_is_back() -> None:
+    bus, state = EventBus(), TopState()
+    state.apply(bus.make_event("call.started", "held", "customer", source="audiosocket", meta={}, model={}))
+    state.apply(score(bus, "held", "customer", 5.0, 0.2, 0.2))
+    state.apply(bus.make_event("call.hold", "held", "customer", on_hold=True, at=12.0))
+    assert "cust  on hold" in screen(state, state.calls["held"].started + 20)
+    state.apply(bus.make_event("call.hold", "held", "customer", on_hold=False, at=40.0))
+    state.apply(score(bus, "held", "customer", 41.0, 0.1, 0.15))
+    assert "cust  NEUTRAL 0.90" in screen(state, state.calls["held"].started + 45)

@@ -111,7 +111,7 @@ async def _score_calls(calls: Sequence[Call], config: Config, classifier: Classi
 def score_calls(calls: Sequence[Call], config: Config, classifier: Classifier, jobs: int = 8) -> list[CallOutcome]:
     """Score ``calls`` through the production path; with line adaptation, each half of the speakers is scored
     after the site statistics were learnt from the other half's calls (never from the scored speakers)."""
-    adapter = classifier.adapter
+    adapter = getattr(classifier, "adapter", None)
     if adapter is None:
         return asyncio.run(_score_calls(calls, config, classifier, jobs))
     speakers = sorted({c.speaker for c in calls})

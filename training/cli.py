@@ -92,8 +92,11 @@ def cmd_calls(args: argparse.Namespace) -> None:
         calls = build_calls(utts, [store[i] for i in range(len(utts))], corpus_speakers(kind, utts, args.speakers),
                             calls_per_kind=args.calls_per_kind, condition=args.condition, seed=args.seed)
         name = f"{kind} ({args.speakers} speakers)" if kind == "cremad" else kind
-        rows[name] = call_metrics(run(name, calls))
+        outcomes = run(name, calls)
+        rows[name] = call_metrics(outcomes)
         print(f"{name}: misses {', '.join(misses(rows[name])) or 'none'}", flush=True)
+        if args.choose:
+            _choose(outcomes, config, classifier, args.choose)
         if args.line_conditions and kind == args.corpus[0].partition("=")[0]:
             ramps = [c for c in calls if c.kind == "calm_angry"]
             for imp in IMPAIRMENTS:
@@ -105,6 +108,44 @@ def cmd_calls(args: argparse.Namespace) -> None:
     if args.json:
         out.update(model=classifier.name, condition=args.condition, rows=rows)
         Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+def cmd_head(args: argparse.Namespace) -> None:
+    """Train the call-level encoder head on CREMA-D's training actors and export it (escalation.json comes from
+    ``emovoice-train calls --choose``)."""
+    from training.call_head import UPSET_LABELS, train_call_head
+    from training.config import load_config
+    from training.corpora import CREMAD_LABELS
+    from training.run import load
+    from training.train_whisper import FeatureCache, HeadOptions, export
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, {})
+    opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden})
+    log = _log_to(None)
+    data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
+    cache = FeatureCache(opts, Path(cfg.cache_dir or "/tmp/emovoice-cache") / "features", cfg.augment, cfg.seed, log)
+    labels = UPSET_LABELS if args.labels == "upset" else CREMAD_LABELS
+    settings = dataclasses.replace(cfg.train, epochs=args.epochs)
+    head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log)
+    card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
+    export(head, opts, Path(args.out), card)
+    log(f"exported to {args.out}")
+
+
+def _choose(outcomes: list, config, classifier, out: str) -> None:  # noqa: ANN001
+    """Pick the escalation settings on these (validation) calls and write them as the model's escalation.json."""
+    from training.policy_search import BUDGET, choose
+
+    if getattr(classifier, "adapter", None) is not None:
+        raise SystemExit("emovoice-train calls --choose: replaying the policy needs --no-adapt (scores must not depend on it)")
+    best = choose(outcomes, config.escalation)
+    if best is None:
+        print(f"no setting keeps these calm calls within {BUDGET}")
+        return
+    values, figures = best
+    Path(out).write_text(json.dumps(values, indent=1) + "\n")
+    print(f"chosen (within {BUDGET}): {values}\n  -> {figures}\nwritten to {out}")
 
 
 def _daemon_model(args: argparse.Namespace):  # noqa: ANN202 (Config, Classifier; imports stay lazy)
@@ -177,7 +218,20 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--cache-dir", default="/tmp/emovoice-cache")
     c.add_argument("--memo", default="", help="file memoising encoder features per window (faster reruns)")
     c.add_argument("--json", help="write the figures here")
+    c.add_argument("--choose", metavar="ESCALATION_JSON",
+                   help="choose the escalation settings on these calls (use --speakers val) and write them here")
     c.set_defaults(func=cmd_calls)
+    h = sub.add_parser("head", help="train the call-level Whisper-encoder head on CREMA-D training actors and export it")
+    h.add_argument("--config", type=Path, default=Path("training/configs/whisper.yaml"), help="encoder, cache and corpus settings")
+    h.add_argument("--out", required=True, help="model directory to write")
+    h.add_argument("--labels", choices=("upset", "corpus"), default="upset",
+                   help="upset: NEGATIVE = anger and disgust, sadness and fear left out; corpus: every negative emotion")
+    h.add_argument("--conditions", nargs="+", default=["telephony", "aug1"], help="cached conditions to train on")
+    h.add_argument("--hidden", type=int, default=256)
+    h.add_argument("--epochs", type=int, default=20)
+    h.add_argument("--threads", type=int, default=1)
+    h.add_argument("--card", help="model card (README.md) to write with it")
+    h.set_defaults(func=cmd_head)
     args = parser.parse_args(argv)
     args.func(args)
 

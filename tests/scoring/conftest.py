@@ -26,6 +26,7 @@ class FakeClassifier:
     """
 
     name, trained, labels, model, normalize_input = "fake", False, ("NEGATIVE", "NEUTRAL", "POSITIVE"), None, False
+    escalation: dict = {}
 
     def __init__(self, sampling_rate: int = 8000, delay_s: float = 0.0, fail: bool = False) -> None:
         self.sampling_rate, self.delay_s, self.fail = sampling_rate, delay_s, fail

@@ -61,6 +61,7 @@ class Counting:
     """A classifier stand-in that counts the windows it is asked to score."""
 
     name, trained, labels, model, sampling_rate, normalize_input = "counting", False, ("NEGATIVE", "NEUTRAL", "POSITIVE"), None, 8000, False
+    escalation: dict = {}
 
     def __init__(self) -> None:
         self.windows = 0

@@ -22,6 +22,7 @@ class ToneClassifier:
     sampling_rate = 16000  # the engine resamples 8 kHz legs to this, as for a real model
     labels = ("NEGATIVE", "NEUTRAL", "POSITIVE")
     model = None  # no torch module: the engine scores whole windows (no streaming front-end)
+    escalation: dict = {}  # no escalation defaults of its own
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         x = np.asarray(batch, dtype=np.float32)

@@ -1,0 +1,52 @@
+"""The encoder head for calls: trained on CREMA-D's training actors for what an agent must be warned about.
+
+``emovoice-train head`` fits a head on cached Whisper features (:class:`training.train_whisper.FeatureCache`) of the
+shipped fold's training actors minus the call-level validation actors (:mod:`training.heldout`), with a label map
+chosen for calls: by default NEGATIVE is *anger and disgust* (an upset caller), NEUTRAL is neutral speech, POSITIVE is
+happiness, and sadness and fear - which read as calm, low-energy speech on a phone line and are not what a call centre
+escalates - are left out. The epoch is chosen on the validation actors' clips; the operating point and policy are
+then chosen on their whole calls (``emovoice-train calls --choose``) and written to the model's ``escalation.json``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.corpora import CLASSES
+from training.heldout import cremad_split
+from training.loop import Log, TrainSettings
+from training.calibration import fit_temperature
+from training.train_whisper import FeatureCache, Head, HeadOptions, fit_head, select, site_stats
+
+UPSET_LABELS: dict[str, str | None] = {"ANG": "NEGATIVE", "DIS": "NEGATIVE", "NEU": "NEUTRAL", "HAP": "POSITIVE",
+                                       "SAD": None, "FEA": None}
+
+
+def relabel(emotions: np.ndarray, label_map: Mapping[str, str | None]) -> np.ndarray:
+    """Class index per clip under ``label_map`` (-1: left out)."""
+    return np.array([CLASSES.index(label_map[e]) if label_map.get(e) else -1 for e in emotions])
+
+
+def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Mapping[str, str | None],  # noqa: ANN001
+                    settings: TrainSettings, seed: int, log: Log) -> Head:
+    """Fit on the training actors' ``opts.train_conditions`` (standardised by the training statistics: the daemon's
+    ``adapt: false``), choose the epoch and temperature on the validation actors' telephony clips."""
+    split = cremad_split(data.utts)
+    speakers = np.array([u.speaker for u in data.utts])
+    y = relabel(np.array([u.emotion for u in data.utts]), label_map)
+    tr = np.flatnonzero(np.isin(speakers, split["train"]) & (y >= 0))
+    va = np.flatnonzero(np.isin(speakers, split["val"]) & (y >= 0))
+    feats = {c: select(cache.get(data, c), opts.layers) for c in opts.train_conditions}
+    mean, std = site_stats(np.concatenate([feats[c][tr] for c in opts.train_conditions]))
+    z = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
+    x = np.concatenate([z(feats[c][tr]) for c in opts.train_conditions])
+    x_val = z(select(cache.get(data, "telephony"), opts.layers)[va])
+    log(f"head: {len(tr)} training clips x {len(opts.train_conditions)} conditions ({len(split['train'])} actors), "
+        f"{len(va)} validation clips ({len(split['val'])} actors)")
+    head = fit_head(x, np.tile(y[tr], len(opts.train_conditions)), x_val, y[va], opts.head_hidden, settings, seed, log)
+    with torch.no_grad():
+        val_logits = head(torch.from_numpy(x_val)).numpy()
+    return Head(head, mean, std, fit_temperature(val_logits, y[va]))

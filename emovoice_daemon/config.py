@@ -98,7 +98,8 @@ class AudioSocketConfig:
     allow: list[str] = _f(LOOPBACK, networks, "peer networks allowed to connect")
     payload_format: str = _f("slin", one_of("slin", "ulaw", "alaw"), "encoding of 0x10 frames")
     max_frame_bytes: int = _f(8192, positive, "longer frames close the connection")
-    idle_timeout_s: float = _f(10.0, positive, "close a connection silent this long")
+    idle_timeout_s: float = _f(10.0, positive, "close a connection silent this long (a tap on a role_ports "
+                               "port, once scoring, is never closed for silence: it ends with the call)")
     keepalive: bool = _f(True, doc="send silence back so AudioSocket() does not hang up after 2 s")
     role: str = _f("mixed", one_of("mixed", "customer", "agent"), "role of legs arriving on 'port'")
     role_ports: dict[str, int] = _f({}, role_ports, "extra listeners, role -> port (dialplan taps: customer, agent)")
@@ -317,6 +318,8 @@ class AmiConfig:
     secret: str = _f("", doc="or secret_file / EMOVOICE_AMI_SECRET")
     secret_file: str = _f("")
     reconnect_max_s: float = _f(30.0, positive, "longest back-off between reconnects")
+    setvar_interval_s: float = _f(2.0, non_negative, "escalation variables reach a call's channel at most once "
+                                  "this often (the latest values win)")
     supervisors: dict[str, str] = _f({}, doc="supervisor name -> the dial string of their phone (PJSIP/2001) "
                                      "that listen-in rings")
 
@@ -344,6 +347,8 @@ class CuesConfig:
     long_silence_s: float = _f(5.0, positive, "both legs silent this long is one long silence")
     escalate_talk_over_negative: float = _f(0.6, probability, "raise a cue when the agent talks over a customer "
                                            "whose smoothed NEGATIVE is at least this (1 = never)")
+    talk_over_cooldown_s: float = _f(30.0, non_negative, "after a talk-over cue clears, the next is raised no "
+                                     "sooner than this (call seconds)")
 
 
 @dataclass

@@ -7,13 +7,17 @@ One asyncio TCP connection, logged in as ``ami.username``, reconnecting with bac
 - ``AgentConnect`` (app_queue): the queue member who answered that channel (a call not announced by
   a UserEvent, e.g. an ARI call, is known by its channel's unique id); the call is bound to the agent
   id taken from ``MemberName`` (see ``agent_id``), and the member's channel is remembered;
-- ``Hangup``: the channel's call is forgotten;
+- ``ChanSpyStart`` with a PJSIP spyer (the ``channel originate PJSIP/emovoice application ChanSpy ...`` line
+  of extensions.conf): the SIP leg's call id (from the spyer's SIP Call-ID, ``Getvar``) is on the spyee;
+- ``Hangup``: the channel's calls are forgotten, and escalations of them no longer reach the PBX;
 - after each (re)connect, ``Status`` of the live channels with their ``EMOVOICE_CALL`` and
   ``EMOVOICE_CUSTOMER`` variables, so calls that began while it was disconnected are known too.
 
-It writes ``Setvar EMOVOICE_ESCALATION=<role>:<severity|cleared>`` on the call's channel (AMI works on
-any channel, unlike ARI's variable call which needs the channel in Stasis; an ARI call's id is its
-channel's unique id, which AMI accepts as a channel) and ``Originate`` for supervisor listen-in.
+It writes the escalation variables of ``channelvars`` (``EMOVOICE_ESCALATION_<ROLE>`` per role and
+``EMOVOICE_ESCALATION``, the worst active) with ``Setvar`` on the call's channel, only those that changed and
+at most once per ``ami.setvar_interval_s`` per call (AMI works on any channel, unlike ARI's variable call which
+needs the channel in Stasis; an ARI call's id is its channel's unique id, which AMI accepts as a channel), and
+``Originate`` for supervisor listen-in.
 """
 from __future__ import annotations
 
@@ -21,17 +25,20 @@ import asyncio
 import itertools
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from emovoice_daemon.config import AmiConfig, read_secret
+from emovoice_daemon.ingest.channelvars import CallEscalations
+from emovoice_daemon.ingest.sipcallid import sip_call_id
 
 log = logging.getLogger(__name__)
 
-ESCALATION_VAR = "EMOVOICE_ESCALATION"
 CALL_EVENT = "EmoVoiceCall"
 CALL_VAR, CUSTOMER_VAR = "EMOVOICE_CALL", "EMOVOICE_CUSTOMER"  # set by extensions.conf [emovoice-call]
 ACTION_TIMEOUT_S = 10.0
+SIP_CALL_ID = "CHANNEL(pjsip,call-id)"
+GONE_KEPT = 4096  # ids of hung-up calls remembered (escalations of them are not sent)
 SPY_OPTIONS = {"listen": "qE", "whisper": "qwE"}  # q: no beep, E: end with the spied channel, w: talk to it
 
 
@@ -45,6 +52,15 @@ class CallChannels:
 
     customer: str
     agent: str = ""
+
+
+@dataclass
+class PbxState:
+    """What the PBX was last told about one call's escalations, and the pending rate-limited update."""
+
+    escalations: CallEscalations = field(default_factory=CallEscalations)
+    last_sent: float = float("-inf")
+    flush: asyncio.TimerHandle | None = None
 
 
 def agent_id(member: str) -> str:
@@ -84,11 +100,16 @@ class AmiClient:
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._listed: set[str] = set()  # calls seen in the current Status listing
+        self._escalations: dict[str, PbxState] = {}
+        self._gone: dict[str, None] = {}  # calls and unique ids whose channel hung up, oldest first
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ami")
 
     async def stop(self) -> None:
+        for state in self._escalations.values():
+            if state.flush is not None:
+                state.flush.cancel()
         for task in [self._task, *self._jobs]:
             if task is not None:
                 task.cancel()
@@ -177,10 +198,11 @@ class AmiClient:
                 agent = agent_id(event.get("MemberName") or event.get("Interface", ""))
                 log.info("call %s answered by agent %s (queue %s)", call_id, agent, event.get("Queue", "?"))
                 self.on_agent(call_id, agent)
+        elif kind == "ChanSpyStart" and event.get("SpyerChannel", "").startswith("PJSIP/"):
+            self._spawn(self._spied_sip_call(event["SpyerChannel"], event.get("SpyeeChannel", "")))
         elif kind == "Hangup":
-            call_id = self._call_on(channel)
-            if call_id is not None:
-                del self.calls[call_id]
+            self._hung_up([*[c for c, chans in self.calls.items() if chans.customer == channel],
+                           event.get("Uniqueid", "")])
         elif kind == "Status" and channel and event.get(f"Variable:{CUSTOMER_VAR}") == channel:
             call_id = event.get(f"Variable:{CALL_VAR}", "")
             self.calls.setdefault(call_id, CallChannels(channel))
@@ -191,23 +213,64 @@ class AmiClient:
     def _call_on(self, customer_channel: str) -> str | None:
         return next((c for c, chans in self.calls.items() if chans.customer == customer_channel), None)
 
+    def _hung_up(self, call_ids: list[str]) -> None:
+        """The calls' channel is gone: forget them, drop their pending update, send them nothing more."""
+        for call_id in filter(None, call_ids):
+            self.calls.pop(call_id, None)
+            state = self._escalations.pop(call_id, None)
+            if state is not None and state.flush is not None:
+                state.flush.cancel()
+            self._gone[call_id] = None
+        while len(self._gone) > GONE_KEPT:
+            del self._gone[next(iter(self._gone))]
+
+    async def _spied_sip_call(self, spyer: str, spyee: str) -> None:
+        """A ChanSpy into a SIP channel: if it is EmoVoice's SIP leg, its call's channel is the spyee."""
+        try:
+            reply = await self.action("Getvar", Channel=spyer, Variable=SIP_CALL_ID)
+        except AmiError as exc:
+            log.debug("no SIP Call-ID of spying channel %s: %s", spyer, exc)
+            return
+        if reply.get("Value") and spyee:
+            self.calls[sip_call_id(reply["Value"])] = CallChannels(spyee)
+
     def on_escalation(self, event: dict[str, Any]) -> None:
-        """Bus hook: ``EMOVOICE_ESCALATION=<role>:<severity|cleared>`` on the call's channel."""
+        """Bus hook: the call's escalation variables (channelvars), rate-limited per call."""
         if not event["type"].startswith("escalation."):
             return
-        state = event.get("severity", "raised") if event["type"] == "escalation.raised" else "cleared"
-        chans = self.calls.get(event["call_id"])
-        channel = chans.customer if chans else event["call_id"]  # an ARI call id is its channel's unique id
-        task = asyncio.create_task(self._set_escalation(channel, f"{event['role']}:{state}"))
+        call_id = event["call_id"]
+        if call_id in self._gone:
+            log.debug("call %s hung up: %s not sent to the PBX", call_id, event["type"])
+            return
+        if call_id not in self._escalations and len(self._escalations) >= GONE_KEPT:  # ids AMI never saw hang up
+            self._escalations.pop(next((c for c, st in self._escalations.items() if st.flush is None), ""), None)
+        state = self._escalations.setdefault(call_id, PbxState())
+        state.escalations.apply(event)
+        if state.flush is None:  # else the pending update sends the latest values
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, state.last_sent + self.cfg.setvar_interval_s - loop.time())
+            state.flush = loop.call_later(wait, self._flush, call_id)
+
+    def _flush(self, call_id: str) -> None:
+        state = self._escalations[call_id]
+        state.flush, state.last_sent = None, asyncio.get_running_loop().time()
+        changes = state.escalations.changes()
+        if changes:
+            chans = self.calls.get(call_id)
+            self._spawn(self._set_variables(chans.customer if chans else call_id, changes))  # ARI: unique id
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
 
-    async def _set_escalation(self, channel: str, value: str) -> None:
-        try:
-            await self.action("Setvar", Channel=channel, Variable=ESCALATION_VAR, Value=value)
-            log.info("%s=%s set on %s", ESCALATION_VAR, value, channel)
-        except AmiError as exc:
-            log.warning("%s=%s not set on %s: %s", ESCALATION_VAR, value, channel, exc)
+    async def _set_variables(self, channel: str, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            try:
+                await self.action("Setvar", Channel=channel, Variable=name, Value=value)
+                log.info("%s=%s set on %s", name, value, channel)
+            except AmiError as exc:
+                log.warning("%s=%s not set on %s: %s", name, value, channel, exc)
 
     async def listen_in(self, call_id: str, supervisor: str, mode: str) -> str:
         """Ring ``supervisor``'s phone (``ami.supervisors``) and connect it with ChanSpy to the call: ``listen``

@@ -230,8 +230,9 @@ class Connection:
                         return self._at_eof()
                     self._last_rx = loop.time()
                     frames = self.parser.feed(data)
-                    if frames:
-                        idle.reschedule(self._last_rx + self.cfg.idle_timeout_s)
+                    if frames:  # a started tap (role_ports) ends with the call, not with a party's silence
+                        idle.reschedule(None if self.leg and self.role in self.cfg.role_ports
+                                        else self._last_rx + self.cfg.idle_timeout_s)
                     reason = self._handle_all(frames)
                     if reason:
                         return reason

@@ -10,10 +10,8 @@ configured role; pyVoIP's call threads hand everything to the event loop thread-
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import logging
-import re
 import time
 from typing import Any
 
@@ -25,29 +23,19 @@ from pyVoIP import RTP, SIP  # after pyVoIP.VoIP, which must be imported first (
 from emovoice_daemon.calls import CallManager, Leg
 from emovoice_daemon.config import SipConfig, read_secret
 from emovoice_daemon.ingest.rtp import FORMATS, RtpError, RtpStream, parse_rtp
+from emovoice_daemon.ingest.sipcallid import CALL_HEADER, sip_call_id
 from emovoice_daemon.outputs import metrics
 
 log = logging.getLogger(__name__)
 
 CODECS = {RTP.PayloadType.PCMU: "ulaw", RTP.PayloadType.PCMA: "alaw"}
 POLL_S = 0.05
-CALL_HEADER = "X-EmoVoice-Call"  # the caller's channel unique id, added by extensions.conf [emovoice-sip]
-PBX_CALL_ID = re.compile(r"[\w.-]{1,64}")
 
 
 def split_hostport(value: str, default_port: int = 5060) -> tuple[str, int]:
     """``host[:port]`` -> (host, port)."""
     host, _, port = value.rpartition(":") if ":" in value else (value, "", "")
     return host, int(port) if port else default_port
-
-
-def sip_call_id(raw: str, pbx_call: str = "") -> str:
-    """The leg's call id: the caller channel's unique id from the INVITE's X-EmoVoice-Call header when it
-    has one (the id the PBX knows the call by: AMI sets EMOVOICE_ESCALATION on it), else a short,
-    colon-free id made from the SIP Call-ID (which may contain ':' and '@')."""
-    if PBX_CALL_ID.fullmatch(pbx_call):
-        return pbx_call
-    return "sip-" + hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 
 class SipEndpoint:

@@ -8,7 +8,10 @@ Both legs are cut into the same 20 ms frames (leg time) and each frame is voiced
   overlapping speech is rarely voiced on both sides for a whole second); when the agent started it while the
   customer was speaking and the customer's smoothed NEGATIVE is at least
   ``escalate_talk_over_negative``, it is published as an escalation of the agent leg with
-  reason ``agent_talk_over_upset_customer`` (cleared when the overlap ends);
+  reason ``agent_talk_over_upset_customer``, dated when the overlap reached ``talk_over_min_s``, cleared
+  when it ends (dated at its last frame both voiced, or at the raise if that came later: never a negative
+  duration); after a clear the next such cue waits ``talk_over_cooldown_s`` (a heated exchange is one
+  cue, not one per sentence);
 - **long silence**: neither voiced for ``long_silence_s``;
 
 each talk-over and long silence is also published as a ``cue`` event when it is counted (``cue``:
@@ -83,6 +86,7 @@ class CallCues:
         self._overlap_end = 0  # frame after the last one both voiced
         self._silence = 0
         self._raised_at: float | None = None
+        self._cleared_at = float("-inf")
 
     def feed(self, role: str, pcm: np.ndarray) -> None:
         """Add int16 8 kHz audio of ``role`` (customer or agent)."""
@@ -111,24 +115,31 @@ class CallCues:
                 metrics.CUE_TALK_OVERS.inc()
                 second = "agent" if agent.run_start > cust.run_start else "customer"
                 self._publish("cue", second, cue="talk_over", at=round((k + 1 - self._overlap) * FRAME_S, 2))
-                if agent.run_start > cust.run_start and self.customer_negative >= self.cfg.escalate_talk_over_negative:
+                if self._should_raise(k):
                     self._raise(k)
         elif self._overlap:
             self._overlap = 0
-            self._clear(self._overlap_end)
+            self.clear()
+
+    def _should_raise(self, k: int) -> bool:
+        """The agent started this overlap, the customer is upset, and the last cue cleared long enough ago."""
+        cust, agent = self.tracks["customer"], self.tracks["agent"]
+        return (agent.run_start > cust.run_start and self.customer_negative >= self.cfg.escalate_talk_over_negative
+                and k * FRAME_S - self._cleared_at >= self.cfg.talk_over_cooldown_s)
 
     def _raise(self, k: int) -> None:
         self._raised_at = k * FRAME_S
         self._publish("escalation.raised", "agent", severity="watch", reason=TALK_OVER_REASON, at=round(self._raised_at, 2),
                       negative_smoothed=round(self.customer_negative, 4))
 
-    def _clear(self, end: int) -> None:
-        """Clear a raised talk-over that ended at frame ``end`` (after its last both-voiced frame)."""
+    def clear(self) -> None:
+        """Clear a raised talk-over whose overlap is over (or the call ended)."""
         if self._raised_at is None:
             return
-        at = end * FRAME_S
-        self._publish("escalation.cleared", "agent", at=round(at, 2), negative_smoothed=round(self.customer_negative, 4),
-                      duration_s=round(at - self._raised_at, 2), reason=TALK_OVER_REASON)
+        self._cleared_at = max(self._overlap_end * FRAME_S, self._raised_at)
+        self._publish("escalation.cleared", "agent", at=round(self._cleared_at, 2),
+                      negative_smoothed=round(self.customer_negative, 4),
+                      duration_s=round(self._cleared_at - self._raised_at, 2), reason=TALK_OVER_REASON)
         self._raised_at = None
 
     def _publish(self, type_: str, role: str, **fields: Any) -> None:
@@ -162,7 +173,7 @@ class CueTracker:
         cues = self.calls.pop(call_id, None)
         if cues is None:
             return None
-        cues._clear(cues._overlap_end)
+        cues.clear()
         summary = cues.summary()
         if summary["agent_minus_customer_db"] is not None:
             metrics.CUE_LOUDNESS_DIFF.observe(summary["agent_minus_customer_db"])

@@ -54,6 +54,19 @@ class LegSummary:
         elif tr.kind == "raised":
             self.escalation_log.append({"at": round(tr.at, 2), "severity": tr.severity, "reason": tr.reason})
 
+    def replay(self, event: Mapping[str, Any]) -> None:
+        """One ``score`` or ``escalation.*`` event of the leg, read back from the event log (a killed run's
+        leg); one a hand-edited log damaged is skipped."""
+        try:
+            if event["type"] == "score":
+                self.add(event["window"]["start"], event["window"]["end"], event["probs"], event["negative_smoothed"])
+            elif event["type"] in ("escalation.raised", "escalation.cleared"):
+                self.transition(Transition(event["type"].split(".")[1], event["at"], event["negative_smoothed"],
+                                           event.get("severity", ""), event.get("reason", ""),
+                                           event.get("duration_s", 0.0)))
+        except (KeyError, TypeError, ValueError):
+            pass
+
     def summary(self, duration_s: float, timeline_points: int = TIMELINE_POINTS) -> dict[str, Any]:
         total = sum(self.class_seconds.values())
         share = {k: round(v / total, 3) if total else 0.0 for k, v in self.class_seconds.items()}

@@ -4,13 +4,15 @@ Only needed when the log was not closed cleanly (``EventLog.crashed``). The log'
 read oldest first: a ``call.started`` opens a leg, its ``call.ended`` closes it; the legs
 still open at the end were live when the daemon died. A second pass over the lines of those
 legs only gives what is known of each: its last event (``last_seen``), the windows scored and
-the end of the last one. The daemon then publishes ``call.ended`` with ``reason: lost`` for each.
+the end of the last one, and hands each of their events to ``observe`` (the daemon rebuilds the class
+shares and escalations from them). The daemon then publishes ``call.ended`` with ``reason: lost`` for each.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 CALL_ID = b'"call_id":"'
 
@@ -66,8 +68,10 @@ def _open_legs(files: list[Path]) -> dict[tuple[str, str], LostLeg]:
     return legs
 
 
-def lost_legs(files: list[Path]) -> list[LostLeg]:
-    """Legs with a ``call.started`` and no ``call.ended`` in ``files`` (oldest first), with what is known of each."""
+def lost_legs(files: list[Path], observe: Callable[[LostLeg, dict[str, Any]], None] = lambda leg, event: None
+              ) -> list[LostLeg]:
+    """Legs with a ``call.started`` and no ``call.ended`` in ``files`` (oldest first), with what is known of each;
+    ``observe(leg, event)`` sees each of their events in order."""
     legs = _open_legs(files)
     if not legs:
         return []
@@ -82,6 +86,7 @@ def lost_legs(files: list[Path]) -> list[LostLeg]:
                 if leg is None or event["ts"] < leg.started:
                     continue
                 leg.last_seen = max(leg.last_seen, event["ts"])
+                observe(leg, event)
                 if event["type"] == "score":
                     leg.windows_scored += 1
                     leg.duration_s = max(leg.duration_s, event["window"]["end"])

@@ -19,6 +19,7 @@ from emovoice_daemon.ingest.rtp import RtpReceiver
 from emovoice_daemon.ingest.sip import SipEndpoint
 from emovoice_daemon.judgement.cues import CueTracker
 from emovoice_daemon.judgement.policy import describe, policy_factory, with_model_defaults
+from emovoice_daemon.judgement.summary import LegSummary
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.api import ApiContext, api_token, start_api
 from emovoice_daemon.outputs.eventlog import EventLog
@@ -123,10 +124,13 @@ class Daemon:
         """After a kill: ``call.ended`` (reason ``lost``) for every leg the last run left open in the event log."""
         if not self.event_log.crashed:
             return
-        lost = lost_legs(self.event_log.files())
+        replayed: dict[tuple[str, str], LegSummary] = {}
+        lost = lost_legs(self.event_log.files(),
+                         lambda leg, event: replayed.setdefault((leg.call_id, leg.role), LegSummary()).replay(event))
         for leg in lost:
-            self.bus.publish(self.bus.make_event("call.ended", leg.call_id, leg.role, reason="lost",
-                                                 summary=leg.summary()))
+            summary = {**replayed.get((leg.call_id, leg.role), LegSummary()).summary(leg.duration_s), **leg.summary()}
+            del summary["windows_skipped"]  # not in the log
+            self.bus.publish(self.bus.make_event("call.ended", leg.call_id, leg.role, reason="lost", summary=summary))
         log.warning("the last run did not stop cleanly: %d legs it left open are ended as lost", len(lost))
 
     async def _end_legs(self) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 
 from emovoice_daemon.config import SipConfig
 from emovoice_daemon.ingest.g711 import ulaw_decode, ulaw_encode
-from emovoice_daemon.ingest.sip import SipEndpoint, sip_call_id, split_hostport
+from emovoice_daemon.ingest.sip import SipEndpoint, split_hostport
+from emovoice_daemon.ingest.sipcallid import sip_call_id
 from emovoice_daemon.outputs import metrics
 
 from .fakes import RecordingCalls

@@ -15,8 +15,8 @@ from emovoice_daemon.outputs import metrics
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-EVENT_TYPES = ("call.started", "call.dtmf", "call.hold", "score", "escalation.raised", "escalation.cleared", "cue",
-               "call.ended")
+EVENT_TYPES = ("call.started", "call.agent", "call.dtmf", "call.hold", "score", "escalation.raised",
+               "escalation.cleared", "cue", "call.ended")
 
 Event = dict[str, Any]
 Sink = Callable[[Event], None]
@@ -82,6 +82,8 @@ def journal(event: Event) -> None:
     kind, leg = event["type"], f"call {event['call_id']} {event['role']}"
     if kind == "call.started":
         journal_log.info("%s started (%s)", leg, event.get("source", ""))
+    elif kind == "call.agent":
+        journal_log.info("call %s answered by agent %s", event["call_id"], event.get("agent"))
     elif kind == "call.ended":
         s = event.get("summary", {})
         journal_log.info("%s ended (%s): %.0f s, %s windows scored, peak NEGATIVE %s, %s escalations", leg,

@@ -36,6 +36,7 @@ CREATE INDEX IF NOT EXISTS legs_started ON legs (started);
 CREATE TABLE IF NOT EXISTS applied (msg_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 MAX_LIMIT = 500
+EARLY_AGENTS_KEPT = 1000
 
 
 class CallHistory:
@@ -50,6 +51,7 @@ class CallHistory:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._early_agents: dict[str, str] = {}  # call.agent before the call's call.started: call id -> agent
         with self._lock, self._db:
             self._db.executescript(SCHEMA)
             if not keep_live:  # legs a previous run never ended (it crashed or was killed) are not live any more
@@ -59,8 +61,8 @@ class CallHistory:
                 self._db.execute("DELETE FROM applied WHERE at < ?", (time.time() - retention_days * 86400,))
 
     def sink(self, event: Event) -> None:
-        """EventBus sink: queue call.started/call.ended (never blocks, never drops)."""
-        if event["type"] in ("call.started", "call.ended"):
+        """EventBus sink: queue call.started/call.agent/call.ended (never blocks, never drops)."""
+        if event["type"] in ("call.started", "call.agent", "call.ended"):
             self._queue.put_nowait(event)
 
     async def run(self) -> None:
@@ -87,15 +89,27 @@ class CallHistory:
                     "INSERT OR IGNORE INTO applied (msg_id, at) VALUES (?, ?)", (msg_id, time.time())).rowcount:
                 return False
             if event["type"] == "call.started":
+                meta = event.get("meta", {})
+                if event["call_id"] in self._early_agents:
+                    meta = {**meta, "agent": self._early_agents[event["call_id"]]}
                 self._db.execute(
                     "INSERT OR REPLACE INTO legs (call_id, role, source, meta, started) VALUES (?, ?, ?, ?, ?)",
-                    (event["call_id"], event["role"], event["source"], json.dumps(event.get("meta", {})), event["ts"]))
+                    (event["call_id"], event["role"], event["source"], json.dumps(meta), event["ts"]))
+            elif event["type"] == "call.agent":
+                self._agent(event["call_id"], event["agent"])
             elif event["type"] == "call.ended":
                 self._db.execute(
                     "UPDATE legs SET ended = ?, reason = ?, summary = ? WHERE call_id = ? AND role = ?",
                     (event["summary"].get("last_seen", event["ts"]), event["reason"], json.dumps(event["summary"]),
                      event["call_id"], event["role"]))
         return True
+
+    def _agent(self, call_id: str, agent: str) -> None:
+        """The call's agent (meta.agent of its legs); remembered for legs that start later."""
+        self._db.execute("UPDATE legs SET meta = json_set(meta, '$.agent', ?) WHERE call_id = ?", (agent, call_id))
+        self._early_agents[call_id] = agent
+        while len(self._early_agents) > EARLY_AGENTS_KEPT:
+            del self._early_agents[next(iter(self._early_agents))]
 
     def list_calls(self, limit: int = 50, offset: int = 0, live: bool | None = None,
                    agent: str | None = None) -> list[dict[str, Any]]:

@@ -5,7 +5,9 @@ An agent connects to ``/agent/ws`` and authenticates either with ``Authorization
 as its first message. A token is the agent's own (``notifier.agents``/``agents_file``) or
 the API token. A call belongs to an agent through ``meta.agent`` of ``call.started`` or
 through ``POST /agent/bind`` (``{"call_id", "agent"}``, API token), which the dialplan or
-CTI can call before or during the call. The agent receives ``call.started``,
+CTI can call before or during the call, or ``call.agent`` (the AMI client saw a queue member answer).
+An agent bound to a call already started gets its ``call.started`` events and active escalations
+then. The agent receives ``call.started``,
 ``escalation.raised`` (plus ``phrase``, the suggested wording for its severity),
 ``escalation.cleared`` and ``call.ended`` events of those calls; on connecting, a ``hello``
 lists the escalations already active. The page itself is served from ``/agent/``.
@@ -30,6 +32,7 @@ from emovoice_daemon.outputs.events import Event
 log = logging.getLogger(__name__)
 
 AGENT_EVENTS = ("call.started", "escalation.raised", "escalation.cleared", "call.ended")
+BIND_EVENT = "call.agent"
 AUTH_TIMEOUT_S = 10.0
 AGENT_QUEUE = 256
 UNBOUND_TTL_S = 12 * 3600
@@ -58,7 +61,7 @@ def load_agent_tokens(cfg: NotifierConfig) -> dict[str, str]:
 @dataclass
 class _Call:
     agent: str | None = None
-    legs: set[str] = field(default_factory=set)
+    legs: dict[str, Event] = field(default_factory=dict)  # role -> call.started event
     active: dict[str, Event] = field(default_factory=dict)  # role -> escalation.raised event
     bound_at: float = field(default_factory=time.monotonic)
 
@@ -75,18 +78,25 @@ class AgentNotifier:
         self.sockets: set[web.WebSocketResponse] = set()
 
     def bind(self, call_id: str, agent: str) -> None:
-        """Make ``agent`` the agent of ``call_id`` (before or during the call)."""
+        """Make ``agent`` the agent of ``call_id`` (before or during the call: it gets what it missed)."""
         self._prune()
-        self.calls.setdefault(call_id, _Call()).agent = agent
+        call = self.calls.setdefault(call_id, _Call())
+        if call.agent == agent:
+            return
+        call.agent = agent
+        for event in [*call.legs.values(), *call.active.values()]:
+            self._send(agent, event)
 
     def sink(self, event: Event) -> None:
         """EventBus sink: track calls and forward their prompts; never blocks."""
+        if event["type"] == BIND_EVENT and isinstance(event.get("agent"), str) and event["agent"]:
+            self.bind(event["call_id"], event["agent"])
         if event["type"] not in AGENT_EVENTS:
             return
         call = self.calls.setdefault(event["call_id"], _Call())
         kind, role = event["type"], event["role"]
         if kind == "call.started":
-            call.legs.add(role)
+            call.legs[role] = event
             agent = event.get("meta", {}).get("agent")
             if isinstance(agent, str) and agent and call.agent is None:
                 call.agent = agent
@@ -105,7 +115,7 @@ class AgentNotifier:
             self._leg_ended(event["call_id"], call, role)
 
     def _leg_ended(self, call_id: str, call: _Call, role: str) -> None:
-        call.legs.discard(role)
+        call.legs.pop(role, None)
         call.active.pop(role, None)
         if not call.legs:
             del self.calls[call_id]

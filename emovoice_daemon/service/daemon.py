@@ -171,9 +171,9 @@ class Daemon:
         return self.engine.outcomes + metrics.EXPOSED.by_label("emovoice_windows_total", "outcome")
 
     def _bind_agent(self, call_id: str, agent: str) -> None:
-        """AMI saw a queue member answer the call: its agent gets the call's prompts."""
-        if self.notifier is not None:
-            self.notifier.bind(call_id, agent)
+        """AMI saw a queue member answer the call: ``call.agent`` tells the notifier (the agent gets the call's
+        prompts), the history and emovoice-top."""
+        self.bus.publish(self.bus.make_event("call.agent", call_id, "agent", agent=agent))
 
     async def _start_api(self) -> None:
         cfg = self.config.api

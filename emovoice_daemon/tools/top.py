@@ -106,11 +106,17 @@ class TopState:
         call = self.calls.get(event["call_id"])
         if call is None:
             call = self.calls[event["call_id"]] = CallView(event["call_id"], event["ts"])
+        if event["type"] == "call.agent":  # a queue member answered (AMI): the call's, not a leg's
+            call.meta["agent"] = event.get("agent", "")
+            return
         kind, leg = event["type"], call.leg(event["role"])
         if "site" in event:  # followed from JetStream: which call server
             call.meta["site"] = event["site"]
         if kind == "call.started":
+            bound = call.meta.get("agent")  # by call.agent, which may come first
             call.meta.update(event.get("meta", {}))
+            if bound:
+                call.meta["agent"] = bound
             call.started = min(call.started, event["ts"])
             call.ended = None
         elif kind == "score":

@@ -15,11 +15,15 @@ from emovoice_daemon.ingest.g711 import ulaw_encode
 SCENARIO = Path(__file__).with_name("sipp_uac_pcmu.xml")
 
 
-def write_rtp_pcap(path: Path, pcm8k: np.ndarray, ssrc: int = 0x1234, seq0: int = 40000) -> Path:
-    """A libpcap file of PCMU RTP (20 ms packets) carrying ``pcm8k``, as SIPp's play_pcap_audio wants."""
+def write_rtp_pcap(path: Path, pcm8k: np.ndarray, ssrc: int = 0x1234, seq0: int = 40000,
+                   unsent: tuple[float, float] = (0.0, 0.0)) -> Path:
+    """A libpcap file of PCMU RTP (20 ms packets) carrying ``pcm8k``, as SIPp's play_pcap_audio wants; no packet
+    of the ``unsent`` (start, end) seconds is in it (a phone that sends nothing for a while)."""
     codes = ulaw_encode(pcm8k)
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]  # global header, Ethernet
     for i in range(len(codes) // 160):
+        if unsent[0] <= i * 0.02 < unsent[1]:
+            continue
         rtp = struct.pack("!BBHII", 0x80, 0, (seq0 + i) & 0xFFFF, 160 * i, ssrc) + codes[160 * i:160 * (i + 1)].tobytes()
         udp = struct.pack("!HHHH", 6000, 6002, 8 + len(rtp), 0) + rtp
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,

@@ -101,3 +101,30 @@ async def test_an_ari_call_answered_by_a_queue_member_is_bound_by_its_channel_un
         await until(lambda: bound)
         assert bound == [("1796314363.42", "1001")]
         assert client.calls["1796314363.42"].agent == "Local/1001@agents-00000003;1"
+
+
+def setvars(fake: FakeAmi) -> list[tuple[str, str]]:
+    return [(a["Variable"], a["Value"]) for a in fake.actions if a["Action"] == "Setvar"]
+
+
+async def test_each_role_has_its_variable_the_worst_active_state_wins_and_updates_are_rate_limited() -> None:
+    async with rig() as (fake, client, _):
+        client.cfg.setvar_interval_s = 0.5
+        await until(lambda: CALL in client.calls)
+        escalation = {"call_id": CALL}
+        client.on_escalation({**escalation, "type": "escalation.raised", "role": "customer", "severity": "alert"})
+        await until(lambda: len(setvars(fake)) == 2)
+        for _ in range(5):  # the agent's talk-over cue flaps: coalesced into one update
+            client.on_escalation({**escalation, "type": "escalation.raised", "role": "agent", "severity": "watch",
+                                  "reason": "agent_talk_over_upset_customer"})
+            client.on_escalation({**escalation, "type": "escalation.cleared", "role": "agent",
+                                  "reason": "agent_talk_over_upset_customer"})
+        await until(lambda: len(setvars(fake)) == 3)
+        await asyncio.sleep(0.7)
+        assert setvars(fake) == [("EMOVOICE_ESCALATION_CUSTOMER", "alert"), ("EMOVOICE_ESCALATION", "customer:alert"),
+                                 ("EMOVOICE_ESCALATION_AGENT", "cleared")]  # the customer's alert stands
+        fake.event(Event="Hangup", Channel="PJSIP/5551234-00000007", Uniqueid="1796314363.7")
+        await until(lambda: CALL not in client.calls)
+        client.on_escalation({**escalation, "type": "escalation.cleared", "role": "customer"})
+        await asyncio.sleep(0.7)
+        assert len(setvars(fake)) == 3  # nothing to a channel that hung up

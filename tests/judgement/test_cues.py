@@ -114,3 +114,31 @@ def test_overlapping_real_speech_counts_as_talk_over(rig, tmp_path: Path) -> Non
     cleared = [e for e in events if e["type"] == "escalation.cleared"]
     assert raised and raised[0]["reason"] == TALK_OVER_REASON and raised[0]["at"] >= 1.0 + 1.0 - 0.05
     assert len(cleared) == len(raised)
+
+
+def test_a_heated_exchange_is_one_cue_per_cooldown_and_no_clear_predates_its_raise() -> None:
+    bus, events = EventBus(), []
+    bus.add_sink(events.append)
+    tracker = CueTracker(CuesConfig(talk_over_min_s=1.0, talk_over_cooldown_s=30.0), -45.0, bus)
+    cues = tracker.open("c3")
+    cues.customer_negative = 0.9
+    bursts = 10  # the agent cuts in 10 times in 40 s while the customer talks on
+    _feed(cues, "customer", tone(40.0))
+    _feed(cues, "agent", np.concatenate([np.concatenate([silence(2.0), tone(1.6, -14.0), silence(0.4)])] * bursts))
+    tracker.close("c3")
+    raised = [e for e in events if e["type"] == "escalation.raised"]
+    cleared = [e for e in events if e["type"] == "escalation.cleared"]
+    assert cues.talk_overs == bursts and len(raised) == 2  # at 3 s, then the first burst 30 s after the clear
+    assert raised[1]["at"] - cleared[0]["at"] >= 30.0
+    assert len(cleared) == 2 and all(e["duration_s"] >= 0 for e in cleared)
+
+
+def test_a_talk_over_reaching_its_length_in_a_pause_clears_with_a_duration_of_zero_not_negative(rig) -> None:
+    tracker, events = rig
+    cues = tracker.open("c4")
+    cues.customer_negative = 0.9
+    _feed(cues, "customer", tone(3.0))
+    _feed(cues, "agent", np.concatenate([silence(1.0), tone(0.86, -14.0), silence(2.14)]))  # 1 s counts the pause
+    (raised,) = [e for e in events if e["type"] == "escalation.raised"]
+    (cleared,) = [e for e in events if e["type"] == "escalation.cleared"]
+    assert cleared["at"] >= raised["at"] and cleared["duration_s"] == 0.0

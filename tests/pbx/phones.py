@@ -61,11 +61,12 @@ def agent_phone(workdir: Path, voice: np.ndarray, calls: int = 1, answer_ms: int
     return _sipp(workdir, ["-sf", UAS_SCENARIO.name, "-m", str(calls), "-d", str(answer_ms)])
 
 
-def caller_phone(workdir: Path, pbx_port: int, exten: str, voice: np.ndarray, calls: int = 1) -> Phone:
-    """A caller: dials ``exten`` at the PBX, says ``voice`` (8 kHz int16), then hangs up (BYE); ``calls``
-    such calls at once."""
+def caller_phone(workdir: Path, pbx_port: int, exten: str, voice: np.ndarray, calls: int = 1,
+                 unsent: tuple[float, float] = (0.0, 0.0)) -> Phone:
+    """A caller: dials ``exten`` at the PBX, says ``voice`` (8 kHz int16; nothing at all, not even RTP, in the
+    ``unsent`` seconds), then hangs up (BYE); ``calls`` such calls at once."""
     workdir.mkdir(parents=True, exist_ok=True)
-    write_rtp_pcap(workdir / "audio.pcap", voice)
+    write_rtp_pcap(workdir / "audio.pcap", voice, unsent=unsent)
     shutil.copy(UAC_SCENARIO, workdir)
     duration_ms = int(len(voice) / 8)
     return _sipp(workdir, [f"127.0.0.1:{pbx_port}", "-sf", UAC_SCENARIO.name, "-s", exten, "-m", str(calls),

@@ -32,14 +32,14 @@ exten => 100,1,Answer()
 """
 
 
-def start_pbx(asterisk: Asterisk) -> Asterisk:
+def start_pbx(asterisk: Asterisk, extra_dialplan: str = "") -> Asterisk:
     pjsip = snippet("pjsip.conf", {"bind = 127.0.0.1:5060": f"bind = 127.0.0.1:{asterisk.sip_port}",
                                    "change-me-to-a-long-random-secret": SECRET,
                                    "qualify_frequency = 30": f"qualify_frequency = {QUALIFY_S}"})
     manager = snippet("manager.conf", {"port = 5038": f"port = {asterisk.ami_port}",
                                        "secret = change-me-to-a-long-random-secret": f"secret = {AMI_SECRET}"})
     return asterisk.start({"pjsip.conf": pjsip + endpoints("phones", {}), "manager.conf": manager,
-                           "extensions.conf": snippet("extensions.conf") + PHONES})
+                           "extensions.conf": snippet("extensions.conf") + PHONES + extra_dialplan})
 
 
 def start_sip_daemon(workdir: Path, asterisk: Asterisk) -> DaemonProcess:

@@ -47,8 +47,10 @@ def tap_daemon(workdir: Path, ports: dict[str, int] | None = None,
     """The scripted daemon with tap listeners (on ``ports`` when given: a restart); returns it and its ports."""
     ports = ports or {"audiosocket": free_port(), "customer": free_port(), "agent": free_port()}
     workdir.mkdir(parents=True, exist_ok=True)
-    daemon = start_scripted_daemon(workdir, {**(overrides or {}), "audiosocket": {
-        "port": ports["audiosocket"], "role_ports": {"customer": ports["customer"], "agent": ports["agent"]}}})
+    overrides = overrides or {}
+    daemon = start_scripted_daemon(workdir, {**overrides, "audiosocket": {
+        **overrides.get("audiosocket", {}), "port": ports["audiosocket"],
+        "role_ports": {"customer": ports["customer"], "agent": ports["agent"]}}})
     return daemon, ports
 
 

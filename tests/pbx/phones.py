@@ -53,10 +53,12 @@ def _sipp(workdir: Path, args: list[str]) -> Phone:
     return Phone(proc, port, workdir)
 
 
-def agent_phone(workdir: Path, voice: np.ndarray, calls: int = 1, answer_ms: int = 300) -> Phone:
-    """An agent's phone: rings ``answer_ms``, answers, says ``voice`` (8 kHz int16), waits for BYE; ``calls`` times."""
+def agent_phone(workdir: Path, voice: np.ndarray, calls: int = 1, answer_ms: int = 300,
+                unsent: tuple[float, float] = (0.0, 0.0)) -> Phone:
+    """An agent's phone: rings ``answer_ms``, answers, says ``voice`` (8 kHz int16; no RTP at all in the ``unsent``
+    seconds), waits for BYE; ``calls`` times."""
     workdir.mkdir(parents=True, exist_ok=True)
-    write_rtp_pcap(workdir / "agent.pcap", voice, ssrc=0x5678)
+    write_rtp_pcap(workdir / "agent.pcap", voice, ssrc=0x5678, unsent=unsent)
     shutil.copy(UAS_SCENARIO, workdir)
     return _sipp(workdir, ["-sf", UAS_SCENARIO.name, "-m", str(calls), "-d", str(answer_ms)])
 

@@ -22,7 +22,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from emovoice_daemon.outputs.events import Event
 from emovoice_daemon.outputs.notifier import CLOSE_AUTH, add_page, send_until_closed
 
-BOARD_EVENTS = ("call.started", "call.hold", "score", "escalation.raised", "escalation.cleared", "cue", "call.ended")
+BOARD_EVENTS = ("call.started", "call.agent", "call.hold", "score", "escalation.raised", "escalation.cleared", "cue", "call.ended")
 POINTS_MAX = 600  # per leg; when full, neighbouring points merge (their maximum) and the resolution halves
 ENDED_KEEP_S = 30.0
 PAGE_QUEUE = 2000
@@ -85,6 +85,9 @@ class SupervisorBoard:
         kind, role = event["type"], event["role"]
         if "site" in event:  # followed from JetStream (the hub): which call server
             call.meta["site"] = event["site"]
+        if kind == "call.agent":
+            call.meta["agent"] = event["agent"]
+            return
         if kind == "cue":
             call.marks.append({k: event.get(k) for k in ("type", "role", "cue", "at", "duration_s")})
             return

@@ -193,3 +193,11 @@ async def test_page_with_a_wrong_or_no_token_asks_for_one(client: TestClient, fr
         assert await browser.js("document.querySelectorAll('#rows tr').length") == 0
         if fragment:
             assert await browser.js("document.getElementById('status').textContent") == "wrong token"
+
+
+def test_the_agent_who_answered_a_queue_call_joins_its_row() -> None:
+    bus, board = EventBus(), SupervisorBoard(TOKEN, listen=False)
+    bus.add_sink(board.sink)
+    start(bus, "q1", "customer", queue="support")
+    bus.publish(bus.make_event("call.agent", "q1", "customer", agent="1001"))
+    assert board.calls["q1"].meta == {"queue": "support", "agent": "1001"}

@@ -20,6 +20,7 @@ function apply(ev) {
   if (!call) calls.set(ev.call_id, call = { call_id: ev.call_id, started: ev.ts, meta: {}, legs: {}, marks: [], ended: null });
   if (ev.site) call.meta.site = ev.site;
   if (ev.type === "cue") { call.marks.push(ev); return; }
+  if (ev.type === "call.agent") { call.meta.agent = ev.agent; return; }
   const leg = call.legs[ev.role] ||= { points: [], label: "", onHold: false, ended: false };
   const open = (reason) => call.marks.filter((m) => m.type === "escalation.raised" && m.role === ev.role &&
                                            m.cleared_at === undefined && (reason == null || m.reason === reason));

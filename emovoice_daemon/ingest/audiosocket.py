@@ -223,7 +223,7 @@ class Connection:
         """Read frames until the call ends; idle means no *complete* frame, so a byte-a-second peer times out too."""
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(loop.time() + self.cfg.idle_timeout_s) as idle:  # one timer, moved per frame
+            async with asyncio.timeout_at(loop.time() + self.cfg.idle_timeout_s) as idle:  # one timer, moved per frame
                 while True:
                     data = await self.reader.read(65536)
                     if not data:

@@ -1,6 +1,7 @@
 """Pre-flight checks: what ``run`` would trip over at start, found without starting.
 
-``emovoice-daemon check-config FILE`` reports every problem (one line each, naming the key);
+``emovoice-daemon check-config FILE`` reports every problem (one line each, naming the key: files,
+worker processes);
 ``run`` stops on them with one ``cannot start:`` line before it loads the model. Ports are
 checked first and alone by ``run`` (a second daemon is the common case), and by
 ``check-config --ports`` on request (the running daemon holds them otherwise).
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from emovoice_daemon.config import Config, ConfigError
+from emovoice_daemon.config import Config, ConfigError, resolve_workers
 from emovoice_daemon.outputs.notifier import load_agent_tokens
 from emovoice_daemon.scoring.models.loader import ModelError, validate_model
 from emovoice_daemon.service.lifecycle import StartupError, check_ports_free
@@ -38,6 +39,14 @@ def file_problems(config: Config) -> list[str]:
         except ConfigError as exc:
             problems += exc.errors
     return problems
+
+
+def worker_problems(config: Config) -> list[str]:
+    """More worker processes than CPU cores: each loads its own model, and the extra ones only add memory."""
+    workers, cores = resolve_workers(config.service.workers), resolve_workers("auto")
+    if config.audiosocket.enabled and workers > cores:
+        return [f"service.workers: {workers} worker processes on {cores} CPU cores; at most {cores} (or auto)"]
+    return []
 
 
 def _secret_problems(config: Config) -> list[str]:

@@ -7,8 +7,8 @@ hands the socket (``SCM_RIGHTS``) to the worker with the fewest live connections
 every event it makes, and a note when a connection ends, as JSON lines back to the main process,
 which numbers them into the one daemon-wide sequence; their metrics are added into the main
 process's ``/metrics`` and health (windows by outcome). A worker that dies is restarted; the legs it
-was serving get ``call.ended`` (reason ``error``) from the main process, the other workers' calls go
-on. SIGHUP reaches every worker (escalation settings); SIGTERM drains them.
+was serving get ``call.ended`` (reason ``worker_lost``, with what the main process saw of each: the
+summary of a ``lost`` leg) from the main process, the other workers' calls go on. SIGHUP reaches every worker (escalation settings); SIGTERM drains them.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from typing import Any
 
 from emovoice_daemon.config import Config, resolve_workers
 from emovoice_daemon.outputs import metrics
-from emovoice_daemon.outputs.events import Event, EventBus
+from emovoice_daemon.outputs.events import EventBus
+from emovoice_daemon.outputs.recovery import LostLeg
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class _Worker:
     fds: socket.socket | None = None  # connections are sent here
     ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     connections: int = 0
-    legs: dict[tuple[str, str], Event] = dataclasses.field(default_factory=dict)  # live legs' call.started
+    legs: dict[tuple[str, str], LostLeg] = dataclasses.field(default_factory=dict)  # live legs, as far as seen
     started: float = 0.0
 
 
@@ -194,9 +195,11 @@ class WorkerPool:
             event = msg["event"]
             key = (event["call_id"], event["role"])
             if event["type"] == "call.started":
-                worker.legs[key] = event
+                worker.legs[key] = LostLeg(*key, started=event["ts"], last_seen=event["ts"])
             elif event["type"] == "call.ended":
                 worker.legs.pop(key, None)
+            elif key in worker.legs:
+                worker.legs[key].seen(event)
             self.bus.forward(event)
             metrics.LIVE_LEGS.set(self.live_legs)
         elif "stats" in msg:
@@ -208,10 +211,10 @@ class WorkerPool:
             worker.ready.set()
 
     def _end_lost_legs(self, worker: _Worker) -> None:
-        """call.ended (reason 'error') for each leg a dead worker was serving."""
-        for started in worker.legs.values():
-            self.bus.publish(self.bus.make_event("call.ended", started["call_id"], started["role"], reason="error",
-                                                 summary={"worker_lost": True}))
+        """call.ended (reason 'worker_lost') for each leg a dead worker was serving."""
+        for leg in worker.legs.values():
+            self.bus.publish(self.bus.make_event("call.ended", leg.call_id, leg.role, reason="worker_lost",
+                                                 summary=leg.summary()))
         worker.legs.clear()
         metrics.LIVE_LEGS.set(self.live_legs)
 

@@ -56,7 +56,8 @@ def _secret_problems(config: Config) -> list[str]:
              ("webhook.secret_file", config.webhook.secret_file, bool(config.webhook.url)),
              ("ari.password_file", config.ari.password_file, config.ari.enabled),
              ("ami.secret_file", config.ami.secret_file, config.ami.enabled),
-             ("sip.password_file", config.sip.password_file, config.sip.enabled)]
+             ("sip.password_file", config.sip.password_file, config.sip.enabled),
+             ("jetstream.credentials_file", config.jetstream.credentials_file, config.jetstream.enabled)]
     problems = [p for key, path, used in files if used and path for p in _readable(key, path)]
     if config.api.enabled and config.api.tls_key and not config.api.tls_cert:
         problems.append("api.tls_key: set without api.tls_cert")

@@ -91,6 +91,13 @@ class WorkerPool:
         return [{"pid": w.proc.pid if w.proc else None, "legs": len(w.legs), "ready": w.ready.is_set()}
                 for w in self.workers]
 
+    def problem(self) -> str | None:
+        """Worker processes down (restarting) once the pool has started, for /health."""
+        down = [str(w.index) for w in self.workers if not w.ready.is_set()]
+        if not self._started or not down:
+            return None
+        return f"worker process {', '.join(down)} of {len(self.workers)} is down (restarting)"
+
     def reload(self) -> None:
         """SIGHUP every worker (each re-reads the escalation settings)."""
         self._signal(signal.SIGHUP)

@@ -66,3 +66,10 @@ def test_more_worker_processes_than_cores_is_a_problem_for_check_config(tmp_path
     assert f"{cfg}: service.workers: 100000 worker processes on " in checked.stderr
     assert worker_problems(parse_config("service: {workers: auto}")) == []
     assert worker_problems(parse_config("service: {workers: 100000}\naudiosocket: {enabled: false}")) == []
+
+
+def test_a_missing_nats_credentials_file_is_a_problem_when_jetstream_is_on(tmp_path: Path) -> None:
+    text = f"jetstream: {{enabled: ENABLED, credentials_file: {tmp_path}/none.creds}}\n"
+    assert file_problems(parse_config(text.replace("ENABLED", "false"))) == []
+    assert [p for p in file_problems(parse_config(text.replace("ENABLED", "true"))) if "jetstream" in p] == [
+        f"jetstream.credentials_file: cannot read {tmp_path}/none.creds: No such file or directory"]

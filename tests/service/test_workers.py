@@ -125,6 +125,7 @@ async def test_a_killed_worker_is_restarted_and_the_other_workers_calls_go_on(po
     await asyncio.to_thread(pool.wait_for, lambda ev: len(scores(ev)) == 4 * windows_due(5 * 8000))
     await until(lambda: metric(pool, scored_metric) - scored_before == 4 * windows_due(5 * 8000), 15)
     os.kill(victim["pid"], signal.SIGKILL)
+    await until(lambda: "workers" in health(pool)["reasons"], 30)  # /health says so until it is back
     resume.set()
     await asyncio.gather(*calls)
     events = await asyncio.to_thread(
@@ -140,6 +141,7 @@ async def test_a_killed_worker_is_restarted_and_the_other_workers_calls_go_on(po
             assert e["summary"] == {"duration_s": 5.0, "windows_scored": 3, "started": e["summary"]["started"],
                                     "last_seen": max(x["ts"] for x in events if x["call_id"] == cid and x is not e)}
     await until(lambda: all(w["ready"] for w in health(pool)["workers"]), timeout=300)
+    assert "workers" not in health(pool)["reasons"]
     restarted = health(pool)["workers"]
     assert restarted[0]["pid"] not in (victim["pid"], survivor["pid"]) and restarted[1]["pid"] == survivor["pid"]
     again = [str(uuid.uuid4()) for _ in range(2)]

@@ -99,6 +99,8 @@ class AudioSocketConfig:
     payload_format: str = _f("slin", one_of("slin", "ulaw", "alaw"), "encoding of 0x10 frames")
     max_frame_bytes: int = _f(8192, positive, "longer frames close the connection")
     idle_timeout_s: float = _f(10.0, positive, "close a connection silent this long")
+    max_connections: int = _f(0, non_negative, "live connections at most; more are closed at once (the call goes on "
+                              "untapped); 0 = the open-file limit less max(128, a quarter of it)")
     keepalive: bool = _f(True, doc="send silence back so AudioSocket() does not hang up after 2 s")
     role: str = _f("mixed", one_of("mixed", "customer", "agent"), "role of legs arriving on 'port'")
     role_ports: dict[str, int] = _f({}, role_ports, "extra listeners, role -> port (dialplan taps: customer, agent)")

@@ -170,7 +170,9 @@ class Daemon:
         """/health reasons of the components that can say what they are losing (each may be off)."""
         window_s = self.config.service.health_window_s
         return {"jetstream": lambda: self.jetstream.problem(window_s) if self.jetstream else None,
-                "workers": lambda: self.workers.problem() if self.workers else None}
+                "workers": lambda: self.workers.problem() if self.workers else None,
+                "connections": lambda: self.audiosocket.refusals.problem(window_s)
+                if getattr(self, "audiosocket", None) else None}
 
     def _bind_agent(self, call_id: str, agent: str) -> None:
         """AMI saw a queue member answer the call: its agent gets the call's prompts."""

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from emovoice_daemon.config import Config, resolve_workers
+from emovoice_daemon.ingest.listener import Listener, Refusals, resolve_max_connections
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.events import EventBus
 from emovoice_daemon.outputs.recovery import LostLeg
@@ -52,7 +53,8 @@ class WorkerPool:
     def __init__(self, config: Config, bus: EventBus) -> None:
         self.config, self.bus = config, bus
         self.workers = [_Worker(i) for i in range(resolve_workers(config.service.workers))]
-        self._listeners: list[tuple[socket.socket, str]] = []
+        self._listeners: list[Listener] = []
+        self.refusals = Refusals()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = self._started = False
 
@@ -68,19 +70,19 @@ class WorkerPool:
             raise OSError("a worker process exited while starting; its error is logged above")
         self._started = True
         cfg = self.config.audiosocket
-        loop = asyncio.get_running_loop()
+        limit = resolve_max_connections(cfg.max_connections)
         for role, port in [(cfg.role, cfg.port), *cfg.role_ports.items()]:
-            sock = socket.create_server((cfg.host, port), family=socket.AF_INET6 if ":" in cfg.host else socket.AF_INET,
-                                        backlog=1024)
-            sock.setblocking(False)
-            loop.add_reader(sock, self._accept, sock, role)
-            self._listeners.append((sock, role))
-            log.info("audiosocket listening on %s (role %s, %d worker processes)", _address(sock), role, len(self.workers))
+            listener = Listener(cfg.host, port, role, limit, lambda: sum(w.connections for w in self.workers),
+                                self._dispatch, self.refusals)
+            listener.start()
+            self._listeners.append(listener)
+            log.info("audiosocket listening on %s (role %s, %d worker processes, at most %d connections)",
+                     listener.address, role, len(self.workers), limit)
 
     @property
     def address(self) -> str:
         """host:port of the main listener."""
-        return _address(self._listeners[0][0]) if self._listeners else ""
+        return self._listeners[0].address if self._listeners else ""
 
     @property
     def live_legs(self) -> int:
@@ -103,10 +105,8 @@ class WorkerPool:
         self._signal(signal.SIGHUP)
 
     async def stop_accepting(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock, _ in self._listeners:
-            loop.remove_reader(sock)
-            sock.close()
+        for listener in self._listeners:
+            listener.close()
         self._listeners = []
 
     async def close_all(self) -> None:
@@ -126,19 +126,11 @@ class WorkerPool:
             if w.proc is not None and w.proc.returncode is None:
                 w.proc.send_signal(sig)
 
-    def _accept(self, listener: socket.socket, role: str) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("audiosocket: accept failed: %s", exc)
-                return
-            with conn:
-                self._dispatch(conn, role)
-
     def _dispatch(self, conn: socket.socket, role: str) -> None:
+        with conn:  # the worker holds its own copy
+            self._hand_over(conn, role)
+
+    def _hand_over(self, conn: socket.socket, role: str) -> None:
         ready = [w for w in self.workers if w.ready.is_set()]
         if not ready:
             log.warning("audiosocket: no worker process is ready; closing the connection from %s", conn.getpeername())
@@ -224,11 +216,6 @@ class WorkerPool:
                                                  summary=leg.summary()))
         worker.legs.clear()
         metrics.LIVE_LEGS.set(self.live_legs)
-
-
-def _address(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
 
 
 def _config_dict(config: Config) -> dict[str, Any]:

@@ -219,5 +219,13 @@ class WorkerPool:
 
 
 def _config_dict(config: Config) -> dict[str, Any]:
-    return {"source": config.source, **{f.name: dataclasses.asdict(getattr(config, f.name))
+    """The config as the worker re-parses it: internal fields left out, a section that records the keys its file
+    gave (``given``) with only those, so the worker resolves the others as the main process did."""
+    return {"source": config.source, **{f.name: _section_dict(getattr(config, f.name))
                                         for f in dataclasses.fields(Config) if f.name != "source"}}
+
+
+def _section_dict(section: Any) -> dict[str, Any]:
+    given, values = getattr(section, "given", None), dataclasses.asdict(section)
+    return {f.name: values[f.name] for f in dataclasses.fields(section)
+            if not f.metadata.get("internal") and (given is None or f.name in given)}

@@ -100,6 +100,8 @@ class AudioSocketConfig:
     max_frame_bytes: int = _f(8192, positive, "longer frames close the connection")
     idle_timeout_s: float = _f(10.0, positive, "close a connection silent this long (a tap on a role_ports "
                                "port, once scoring, is never closed for silence: it ends with the call)")
+    max_connections: int = _f(0, non_negative, "live connections at most; more are closed at once (the call goes on "
+                              "untapped); 0 = the open-file limit less max(128, a quarter of it)")
     keepalive: bool = _f(True, doc="send silence back so AudioSocket() does not hang up after 2 s")
     role: str = _f("mixed", one_of("mixed", "customer", "agent"), "role of legs arriving on 'port'")
     role_ports: dict[str, int] = _f({}, role_ports, "extra listeners, role -> port (dialplan taps: customer, agent)")
@@ -469,11 +471,31 @@ def _cross_checks(sections: dict[str, Any], where: str) -> list[str]:
     pipe = sections.get("pipeline", PipelineConfig())
     if pipe.hop_s > pipe.window_s:
         errors.append(f"{where}: pipeline.hop_s: must not exceed pipeline.window_s ({pipe.window_s})")
+    errors += _port_clashes(sections, where)
     esc = sections.get("escalation", EscalationConfig())
     if esc.exit > esc.enter:
         errors.append(f"{where}: escalation.exit: must be <= escalation.enter ({esc.enter}) for hysteresis")
     if esc.alert < esc.enter:
         errors.append(f"{where}: escalation.alert: must be >= escalation.enter ({esc.enter})")
+    return errors
+
+
+def _port_clashes(sections: dict[str, Any], where: str) -> list[str]:
+    """Two enabled listeners of one protocol on one fixed port: the second could never bind."""
+    audio, api = sections.get("audiosocket", AudioSocketConfig()), sections.get("api", ApiConfig())
+    ari, rtp, sip = sections.get("ari", AriConfig()), sections.get("rtp", RtpConfig()), sections.get("sip", SipConfig())
+    tcp = [("audiosocket.port", audio.port, audio.enabled), ("api.port", api.port, api.enabled),
+           *((f"audiosocket.role_ports.{role}", p, audio.enabled) for role, p in audio.role_ports.items())]
+    udp = [("rtp.port", rtp.port, ari.enabled), ("sip.port", sip.port, sip.enabled)]
+    errors = []
+    for listeners in (tcp, udp):
+        first: dict[int, str] = {}
+        for key, number, enabled in listeners:
+            if not enabled or not number:
+                continue
+            if number in first:
+                errors.append(f"{where}: {key}: port {number} is already {first[number]}")
+            first.setdefault(number, key)
     return errors
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -108,8 +109,9 @@ class DaemonProcess:
 
 
 def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None = None,
-                 ready_s: float = 180) -> DaemonProcess:
-    """Run ``emovoice-daemon run`` with a temp config and wait until /health answers."""
+                 ready_s: float = 180, nofile: int | None = None) -> DaemonProcess:
+    """Run ``emovoice-daemon run`` with a temp config and wait until /health answers; ``nofile``: its open-file
+    limit (``resource.setrlimit`` in the child)."""
     as_port, api_port = free_port(), free_port()
     config = {"audiosocket": {"port": as_port}, "api": {"port": api_port, "token": "test-token"},
               "events": {"log_path": str(tmp_path / "events.jsonl")}}
@@ -120,7 +122,9 @@ def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None
     stderr_path = tmp_path / "daemon.stderr"
     proc = subprocess.Popen([sys.executable, "-m", "emovoice_daemon.tools.cli", "run", "-c", str(cfg_path)],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(stderr_path, "wb"),
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})},
+                            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                                              (nofile, nofile)))
     daemon = DaemonProcess(proc, config["audiosocket"]["port"], config["api"]["port"], config["api"]["token"],
                            tmp_path / "events.jsonl", stderr_path)
     deadline = time.monotonic() + ready_s

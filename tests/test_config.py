@@ -97,3 +97,13 @@ def test_duplicate_keys_at_any_level_are_errors() -> None:
     assert errors == ["c.yaml:3: api: duplicate key (first given on line 1)",
                       "c.yaml:7: escalation.profiles.vip.enter: duplicate key (first given on line 7)",
                       "c.yaml:9: escalation.enter: duplicate key (first given on line 8)"]
+
+
+def test_two_listeners_on_one_port_are_one_line_each() -> None:
+    assert errors_of("audiosocket:\n  port: 9094\n  role_ports: {customer: 9094, agent: 9095}\napi:\n  port: 9095\n") == [
+        "c.yaml: audiosocket.role_ports.customer: port 9094 is already audiosocket.port",
+        "c.yaml: audiosocket.role_ports.agent: port 9095 is already api.port"]
+    assert errors_of("ari: {enabled: true}\nrtp: {port: 5070}\nsip: {enabled: true}\n") == [
+        "c.yaml: sip.port: port 5070 is already rtp.port"]
+    parse_config("ari: {enabled: false}\nrtp: {port: 5070}\nsip: {enabled: true}\n")  # rtp is off: no clash
+    parse_config("audiosocket: {port: 0, role_ports: {customer: 0}}\napi: {port: 0}\n")  # 0: any free port

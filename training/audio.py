@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,11 +46,21 @@ class AudioStore:
                 return store
         store = cls([to_telephone_rate(*read_audio(u.path)) for u in utts])
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, offsets=store.offsets, data=store.data)
-            tmp.replace(cache)
+            _write_atomically(cache, offsets=store.offsets, data=store.data)
         return store
+
+
+def _write_atomically(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to a temporary file of this process's own, then renamed: loads sharing a cache never clash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def center_window(x: np.ndarray, samples: int) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import ipaddress
 import itertools
 import logging
@@ -19,13 +18,14 @@ import select
 import socket
 import struct
 import uuid
-from typing import Awaitable, Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from emovoice_daemon.calls import CallManager, Leg
 from emovoice_daemon.config import AudioSocketConfig
 from emovoice_daemon.ingest.g711 import alaw_decode, ulaw_decode
+from emovoice_daemon.ingest.listener import Listener, Refusals, resolve_max_connections
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.scoring.resample import StreamResampler
 
@@ -223,7 +223,7 @@ class Connection:
         """Read frames until the call ends; idle means no *complete* frame, so a byte-a-second peer times out too."""
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(loop.time() + self.cfg.idle_timeout_s) as idle:  # one timer, moved per frame
+            async with asyncio.timeout_at(loop.time() + self.cfg.idle_timeout_s) as idle:  # one timer, moved per frame
                 while True:
                     data = await self.reader.read(65536)
                     if not data:
@@ -319,20 +319,29 @@ class AudioSocketServer:
     def __init__(self, cfg: AudioSocketConfig, calls: CallManager) -> None:
         self.cfg, self.calls = cfg, calls
         self._allow = [ipaddress.ip_network(n, strict=False) for n in cfg.allow]
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[Listener] = []
         self._connections: dict[asyncio.Task[None], Connection] = {}
+        self._serving: set[asyncio.Task[None]] = set()  # from accept until the connection ends
+        self.refusals = Refusals()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        limit = resolve_max_connections(self.cfg.max_connections)
         for role, port in [(self.cfg.role, self.cfg.port), *self.cfg.role_ports.items()]:
-            server = await loop.create_server(_protocols(functools.partial(self._accept, role)), self.cfg.host, port)
-            self._servers.append(server)
-            log.info("audiosocket listening on %s (role %s)", _address(server), role)
+            listener = Listener(self.cfg.host, port, role, limit, lambda: len(self._serving), self._serve,
+                                self.refusals)
+            listener.start()
+            self._listeners.append(listener)
+            log.info("audiosocket listening on %s (role %s, at most %d connections)", listener.address, role, limit)
 
     @property
     def address(self) -> str:
         """host:port of the main listener."""
-        return _address(self._servers[0]) if self._servers else f"{self.cfg.host}:{self.cfg.port}"
+        return self._listeners[0].address if self._listeners else f"{self.cfg.host}:{self.cfg.port}"
+
+    def _serve(self, conn: socket.socket, role: str) -> None:
+        task = asyncio.create_task(self.adopt(role, conn))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
 
     def allowed(self, host: str) -> bool:
         addr = ipaddress.ip_address(host.split("%")[0])
@@ -363,24 +372,13 @@ class AudioSocketServer:
 
     async def stop_accepting(self) -> None:
         """Close the listeners; live connections go on."""
-        for server in self._servers:
-            server.close()
-            await server.wait_closed()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
 
     async def close_all(self) -> None:
         """Close live connections and wait until their legs have ended: what was received is scored, live
         legs end with reason ``shutdown``, legs already ending (the caller hung up) keep theirs."""
         for connection in self._connections.values():
             connection.stop()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-
-
-def _protocols(accept: Callable[[TailFirstReader, asyncio.StreamWriter], Awaitable[None]]
-               ) -> Callable[[], asyncio.StreamReaderProtocol]:
-    """What ``asyncio.start_server`` builds per connection, with the tail-keeping reader."""
-    return lambda: asyncio.StreamReaderProtocol(TailFirstReader(), accept)
-
-
-def _address(server: asyncio.AbstractServer) -> str:
-    host, port = server.sockets[0].getsockname()[:2]
-    return f"{host}:{port}"
+        await asyncio.gather(*self._connections, *self._serving, return_exceptions=True)

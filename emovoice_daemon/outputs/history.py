@@ -1,7 +1,9 @@
 """Call history in SQLite: one row per leg from ``call.started`` to ``call.ended`` and its summary.
 
 Served by the API as ``GET /calls`` (newest first; ``live``, ``agent``, ``limit``, ``offset``)
-and ``GET /calls/{call_id}`` (every leg with its summary). Holds scores, never audio.
+and ``GET /calls/{call_id}`` (every leg with its summary). Holds scores, never audio. The bus
+queues events for a writer task (SQLite is off the event loop); a request first waits for the events
+published before it to be written, so a client that saw ``call.ended`` on ``/events`` finds the call ended.
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ class CallHistory:
         self._lock = threading.Lock()
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._early_agents: dict[str, str] = {}  # call.agent before the call's call.started: call id -> agent
+        self._queued = self._written = 0  # events the sink queued, and of those the ones written
+        self._progress = asyncio.Condition()
         with self._lock, self._db:
             self._db.executescript(SCHEMA)
             if not keep_live:  # legs a previous run never ended (it crashed or was killed) are not live any more
@@ -64,11 +68,24 @@ class CallHistory:
         """EventBus sink: queue call.started/call.agent/call.ended (never blocks, never drops)."""
         if event["type"] in ("call.started", "call.agent", "call.ended"):
             self._queue.put_nowait(event)
+            self._queued += 1
 
     async def run(self) -> None:
         """Write queued events until cancelled; a bad event is logged and skipped."""
         while True:
             await self.write(await self._queue.get())
+            await self._wrote_one()
+
+    async def caught_up(self) -> None:
+        """Return once every event the sink queued before this call is written (or skipped as bad)."""
+        target = self._queued
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._written >= target)
+
+    async def _wrote_one(self) -> None:
+        async with self._progress:
+            self._written += 1
+            self._progress.notify_all()
 
     async def write(self, event: Event, msg_id: str | None = None) -> None:
         """``record`` off the event loop; a bad event is logged and skipped."""
@@ -81,6 +98,7 @@ class CallHistory:
         """Write everything queued so far (used at shutdown and by tests)."""
         while not self._queue.empty():
             await asyncio.to_thread(self.record, self._queue.get_nowait())
+            await self._wrote_one()
 
     def record(self, event: Event, msg_id: str | None = None) -> bool:
         """Apply one event; with ``msg_id``, an id applied before (a redelivery) is skipped: returns False."""
@@ -176,12 +194,14 @@ def add_routes(app: web.Application, history: CallHistory) -> None:
 
     async def list_handler(request: web.Request) -> web.Response:
         live = request.query.get("live")
+        await history.caught_up()
         calls = await asyncio.to_thread(
             history.list_calls, _int_param(request, "limit", 50, MAX_LIMIT), _int_param(request, "offset", 0, 10**9),
             None if live is None else live in ("1", "true", "yes"), request.query.get("agent"))
         return web.json_response({"calls": calls})
 
     async def get_handler(request: web.Request) -> web.Response:
+        await history.caught_up()
         call = await asyncio.to_thread(history.get_call, request.match_info["call_id"])
         if call is None:
             return web.json_response({"error": f"no call {request.match_info['call_id']!r}"}, status=404)

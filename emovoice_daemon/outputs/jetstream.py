@@ -9,7 +9,8 @@ A message is the event's JSON plus ``site``. Its ``Nats-Msg-Id`` header (``<site
 own run id and sequence number) makes a re-sent event a duplicate that JetStream drops within the
 stream's duplicate window. The publisher holds each event in a bounded buffer until JetStream
 acknowledges it, so a reconnect re-sends instead of losing, and the id keeps the re-send from
-doubling; events of one call are never in flight together, so a retry cannot reorder a call.
+doubling; a full buffer gives up scores first (the newest), lifecycle events (call, escalation) only
+when it holds nothing else, so a reader never sees a call without its start or end while scores remain to drop; events of one call are never in flight together, so a retry cannot reorder a call.
 Readers hand each id on once: an ordered consumer for live views, a durable pull consumer (acked
 after the handler returns, redeliveries of an id already handled skipped) for the call history.
 """
@@ -21,6 +22,7 @@ import json
 import logging
 import re
 import socket
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
@@ -66,7 +68,11 @@ def site_filter(site: str = "*") -> str:
 
 
 async def connect(cfg: JetStreamConfig, name: str, on_state: Callable[[bool, str], None] | None = None) -> Client:
-    """A NATS connection that reconnects forever; ``on_state(connected, why)`` hears every change."""
+    """A NATS connection that reconnects forever; ``on_state(connected, why)`` hears every change.
+
+    It returns once connected; until then the first failure is logged (an error) and reported."""
+    connected_once = failing = False
+
     def report(connected: bool, why: str) -> None:
         (log.info if connected else log.warning)("nats: %s", why)
         if on_state is not None:
@@ -80,7 +86,14 @@ async def connect(cfg: JetStreamConfig, name: str, on_state: Callable[[bool, str
         report(True, f"reconnected to {nc.connected_url.netloc if nc.connected_url else '?'}")
 
     async def error(exc: Exception) -> None:
-        log.debug("nats: %s: %s", type(exc).__name__, exc)
+        nonlocal failing
+        if connected_once or failing:
+            log.debug("nats: %s: %s", type(exc).__name__, exc)
+            return
+        failing = True  # nats.connect() retries the first connection forever without raising: say so once
+        log.error("nats: cannot connect to %s (%s: %s); retrying", ", ".join(cfg.servers), type(exc).__name__, exc)
+        if on_state is not None:
+            on_state(False, f"cannot connect to {', '.join(cfg.servers)}")
 
     options: dict[str, Any] = {"servers": cfg.servers, "name": name, "max_reconnect_attempts": -1,
                                "reconnect_time_wait": 0.5, "connect_timeout": 2, "error_cb": error,
@@ -88,6 +101,7 @@ async def connect(cfg: JetStreamConfig, name: str, on_state: Callable[[bool, str
     if cfg.credentials_file:
         options["user_credentials"] = cfg.credentials_file
     nc = await retrying(f"nats: cannot connect to {', '.join(cfg.servers)}", lambda: nats.connect(**options))
+    connected_once = True
     report(True, f"connected to {nc.connected_url.netloc if nc.connected_url else '?'}")
     return nc
 
@@ -123,6 +137,7 @@ class _Outgoing:
     payload: bytes
     msg_id: str
     call: str
+    lifecycle: bool
     acked: bool = False
 
 
@@ -136,21 +151,54 @@ class JetStreamPublisher:
         self._nc: Client | None = None
         self._failing = False
         self._dropping = False
+        self._connected = False
+        self._last_drop = -float("inf")
 
     def sink(self, event: Event) -> None:
-        """Queue one event (never blocks); a full buffer drops its oldest event, counted and logged."""
-        if len(self._buffer) >= self.cfg.buffer:
-            self._buffer.popleft()
-            metrics.JETSTREAM_DROPPED.inc()
-            if not self._dropping:
-                log.error("jetstream: buffer full (%d events): dropping the oldest until NATS takes events again",
-                          self.cfg.buffer)
-                self._dropping = True
+        """Queue one event (never blocks); a full buffer drops a score (the newest), else its oldest event."""
+        lifecycle = event["type"] != "score"
+        if len(self._buffer) >= self.cfg.buffer and not self._make_room(lifecycle):
+            return
         payload = json.dumps({**event, "site": self.site}, separators=(",", ":")).encode()
         self._buffer.append(_Outgoing(subject_for(self.site, event), payload,
-                                      f"{self.site}:{event['boot']}:{event['seq']}", event["call_id"]))
+                                      f"{self.site}:{event['boot']}:{event['seq']}", event["call_id"], lifecycle))
         metrics.JETSTREAM_BUFFERED.set(len(self._buffer))
         self._wake.set()
+
+    def _make_room(self, lifecycle: bool) -> bool:
+        """The buffer is full: drop one event, counted by kind; False when it is the incoming one (a score)."""
+        if not lifecycle:
+            self._dropped("score")
+            return False
+        oldest_score = next((i for i, item in enumerate(self._buffer) if not item.lifecycle), None)
+        if oldest_score is None:
+            self._buffer.popleft()
+            self._dropped("lifecycle")
+        else:
+            del self._buffer[oldest_score]
+            self._dropped("score")
+        return True
+
+    def _dropped(self, kind: str) -> None:
+        metrics.JETSTREAM_DROPPED.labels(kind).inc()
+        self._last_drop = time.monotonic()
+        if not self._dropping:
+            log.error("jetstream: buffer full (%d events): dropping scores, and lifecycle events only when no score "
+                      "is left, until NATS takes events again", self.cfg.buffer)
+            self._dropping = True
+
+    def problem(self, window_s: float) -> str | None:
+        """Why events are not reaching JetStream now (None: they are), for /health."""
+        if not self._connected:
+            return f"not connected to NATS ({', '.join(self.cfg.servers)}): {len(self._buffer)} events waiting"
+        if self._failing:
+            return f"publishing to JetStream fails: {len(self._buffer)} events waiting"
+        if time.monotonic() - self._last_drop < window_s:
+            return f"the JetStream buffer was full in the last {window_s:g} s: events dropped"
+        return None
+
+    def _state(self, connected: bool, why: str) -> None:
+        self._connected = connected
 
     @property
     def buffered(self) -> int:
@@ -158,7 +206,7 @@ class JetStreamPublisher:
 
     async def run(self) -> None:
         """Connect, create the stream if absent, then publish the buffer until cancelled."""
-        self._nc = await connect(self.cfg, f"emovoice-daemon {self.site}")
+        self._nc = await connect(self.cfg, f"emovoice-daemon {self.site}", self._state)
         js = self._nc.jetstream(timeout=REQUEST_TIMEOUT_S)
         await retrying(f"jetstream: cannot create or find stream {self.cfg.stream}",
                        lambda: ensure_stream(js, self.cfg))

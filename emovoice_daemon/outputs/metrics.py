@@ -66,8 +66,8 @@ JETSTREAM_FAILED = Counter("emovoice_jetstream_publish_failures_total",
                            "JetStream publishes that failed and are retried", registry=REGISTRY)
 JETSTREAM_BUFFERED = Gauge("emovoice_jetstream_buffered", "Events waiting for a JetStream acknowledgement",
                            registry=REGISTRY)
-JETSTREAM_DROPPED = Counter("emovoice_jetstream_dropped_total", "Events dropped from a full JetStream buffer",
-                            registry=REGISTRY)
+JETSTREAM_DROPPED = Counter("emovoice_jetstream_dropped_total", "Events dropped from a full JetStream buffer, by kind "
+                            "(score, lifecycle: call and escalation events)", ["kind"], registry=REGISTRY)
 JETSTREAM_REDELIVERIES_SKIPPED = Counter("emovoice_jetstream_redeliveries_skipped_total", "Redelivered events a "
                                          "durable reader had already handled", registry=REGISTRY)
 

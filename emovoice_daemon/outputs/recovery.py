@@ -28,6 +28,13 @@ class LostLeg:
     windows_scored: int = 0
     duration_s: float = 0.0
 
+    def seen(self, event: dict) -> None:
+        """Take in one later event of this leg: its time and, for a score, its window."""
+        self.last_seen = max(self.last_seen, event["ts"])
+        if event["type"] == "score":
+            self.windows_scored += 1
+            self.duration_s = max(self.duration_s, event["window"]["end"])
+
     def summary(self) -> dict[str, float | int]:
         return {"duration_s": self.duration_s, "windows_scored": self.windows_scored,
                 "started": self.started, "last_seen": self.last_seen}
@@ -85,9 +92,6 @@ def lost_legs(files: list[Path], observe: Callable[[LostLeg, dict[str, Any]], No
                 leg = legs.get((event["call_id"], event["role"]))
                 if leg is None or event["ts"] < leg.started:
                     continue
-                leg.last_seen = max(leg.last_seen, event["ts"])
+                leg.seen(event)
                 observe(leg, event)
-                if event["type"] == "score":
-                    leg.windows_scored += 1
-                    leg.duration_s = max(leg.duration_s, event["window"]["end"])
     return sorted(legs.values(), key=lambda leg: leg.started)

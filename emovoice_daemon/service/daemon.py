@@ -33,7 +33,7 @@ from emovoice_daemon.outputs.webhook import WebhookSender
 from emovoice_daemon.scoring.engine import ScoringEngine
 from emovoice_daemon.scoring.models.loader import Classifier, load_classifier
 from emovoice_daemon.scoring.recorder import RecordingEngine
-from emovoice_daemon.service.health import HealthMonitor
+from emovoice_daemon.service.health import HealthMonitor, Problem
 from emovoice_daemon.service.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Daemon:
         self.engine = ScoringEngine(self.classifier, cfg.pipeline, cfg.engine)
         await self.engine.start()
         self.health_monitor = HealthMonitor(self.event_log, self._window_outcomes, cfg.service.health_window_s,
-                                            cfg.service.health_max_overload)
+                                            cfg.service.health_max_overload, self._component_problems())
         self._tasks.append(asyncio.create_task(self.health_monitor.run(), name="health"))
         leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine
         self.calls = CallManager(leg_engine, self.bus, policy_factory(cfg.escalation), self.model_info)
@@ -169,6 +169,14 @@ class Daemon:
     def _window_outcomes(self) -> Counter[str]:
         """Windows by outcome, this process's engine and the worker processes' together."""
         return self.engine.outcomes + metrics.EXPOSED.by_label("emovoice_windows_total", "outcome")
+
+    def _component_problems(self) -> dict[str, Problem]:
+        """/health reasons of the components that can say what they are losing (each may be off)."""
+        window_s = self.config.service.health_window_s
+        return {"jetstream": lambda: self.jetstream.problem(window_s) if self.jetstream else None,
+                "workers": lambda: self.workers.problem() if self.workers else None,
+                "connections": lambda: self.audiosocket.refusals.problem(window_s)
+                if getattr(self, "audiosocket", None) else None}
 
     def _bind_agent(self, call_id: str, agent: str) -> None:
         """AMI saw a queue member answer the call: ``call.agent`` tells the notifier (the agent gets the call's

@@ -39,6 +39,8 @@ def listeners(config: Config) -> list[tuple[str, str, int, int]]:
     out = []
     if config.audiosocket.enabled:
         out.append(("audiosocket.port", config.audiosocket.host, config.audiosocket.port, socket.SOCK_STREAM))
+        out += [(f"audiosocket.role_ports.{role}", config.audiosocket.host, port, socket.SOCK_STREAM)
+                for role, port in config.audiosocket.role_ports.items()]
     if config.api.enabled:
         out.append(("api.port", config.api.host, config.api.port, socket.SOCK_STREAM))
     if config.ari.enabled:

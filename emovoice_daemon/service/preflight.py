@@ -1,6 +1,7 @@
 """Pre-flight checks: what ``run`` would trip over at start, found without starting.
 
-``emovoice-daemon check-config FILE`` reports every problem (one line each, naming the key);
+``emovoice-daemon check-config FILE`` reports every problem (one line each, naming the key: files,
+worker processes);
 ``run`` stops on them with one ``cannot start:`` line before it loads the model. Ports are
 checked first and alone by ``run`` (a second daemon is the common case), and by
 ``check-config --ports`` on request (the running daemon holds them otherwise).
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from emovoice_daemon.config import Config, ConfigError
+from emovoice_daemon.config import Config, ConfigError, resolve_workers
 from emovoice_daemon.outputs.notifier import load_agent_tokens
 from emovoice_daemon.scoring.models.loader import ModelError, validate_model
 from emovoice_daemon.service.lifecycle import StartupError, check_ports_free
@@ -40,6 +41,14 @@ def file_problems(config: Config) -> list[str]:
     return problems
 
 
+def worker_problems(config: Config) -> list[str]:
+    """More worker processes than CPU cores: each loads its own model, and the extra ones only add memory."""
+    workers, cores = resolve_workers(config.service.workers), resolve_workers("auto")
+    if config.audiosocket.enabled and workers > cores:
+        return [f"service.workers: {workers} worker processes on {cores} CPU cores; at most {cores} (or auto)"]
+    return []
+
+
 def _secret_problems(config: Config) -> list[str]:
     files = [("api.token_file", config.api.token_file, config.api.enabled),
              ("api.tls_cert", config.api.tls_cert, config.api.enabled),
@@ -47,7 +56,8 @@ def _secret_problems(config: Config) -> list[str]:
              ("webhook.secret_file", config.webhook.secret_file, bool(config.webhook.url)),
              ("ari.password_file", config.ari.password_file, config.ari.enabled),
              ("ami.secret_file", config.ami.secret_file, config.ami.enabled),
-             ("sip.password_file", config.sip.password_file, config.sip.enabled)]
+             ("sip.password_file", config.sip.password_file, config.sip.enabled),
+             ("jetstream.credentials_file", config.jetstream.credentials_file, config.jetstream.enabled)]
     problems = [p for key, path, used in files if used and path for p in _readable(key, path)]
     if config.api.enabled and config.api.tls_key and not config.api.tls_cert:
         problems.append("api.tls_key: set without api.tls_cert")

@@ -7,8 +7,8 @@ hands the socket (``SCM_RIGHTS``) to the worker with the fewest live connections
 every event it makes, and a note when a connection ends, as JSON lines back to the main process,
 which numbers them into the one daemon-wide sequence; their metrics are added into the main
 process's ``/metrics`` and health (windows by outcome). A worker that dies is restarted; the legs it
-was serving get ``call.ended`` (reason ``error``) from the main process, the other workers' calls go
-on. SIGHUP reaches every worker (escalation settings); SIGTERM drains them.
+was serving get ``call.ended`` (reason ``worker_lost``, with what the main process saw of each: the
+summary of a ``lost`` leg) from the main process, the other workers' calls go on. SIGHUP reaches every worker (escalation settings); SIGTERM drains them.
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ import time
 from typing import Any
 
 from emovoice_daemon.config import Config, resolve_workers
+from emovoice_daemon.ingest.listener import Listener, Refusals, resolve_max_connections
 from emovoice_daemon.outputs import metrics
-from emovoice_daemon.outputs.events import Event, EventBus
+from emovoice_daemon.outputs.events import EventBus
+from emovoice_daemon.outputs.recovery import LostLeg
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class _Worker:
     fds: socket.socket | None = None  # connections are sent here
     ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     connections: int = 0
-    legs: dict[tuple[str, str], Event] = dataclasses.field(default_factory=dict)  # live legs' call.started
+    legs: dict[tuple[str, str], LostLeg] = dataclasses.field(default_factory=dict)  # live legs, as far as seen
     started: float = 0.0
 
 
@@ -51,7 +53,8 @@ class WorkerPool:
     def __init__(self, config: Config, bus: EventBus) -> None:
         self.config, self.bus = config, bus
         self.workers = [_Worker(i) for i in range(resolve_workers(config.service.workers))]
-        self._listeners: list[tuple[socket.socket, str]] = []
+        self._listeners: list[Listener] = []
+        self.refusals = Refusals()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = self._started = False
 
@@ -67,19 +70,19 @@ class WorkerPool:
             raise OSError("a worker process exited while starting; its error is logged above")
         self._started = True
         cfg = self.config.audiosocket
-        loop = asyncio.get_running_loop()
+        limit = resolve_max_connections(cfg.max_connections)
         for role, port in [(cfg.role, cfg.port), *cfg.role_ports.items()]:
-            sock = socket.create_server((cfg.host, port), family=socket.AF_INET6 if ":" in cfg.host else socket.AF_INET,
-                                        backlog=1024)
-            sock.setblocking(False)
-            loop.add_reader(sock, self._accept, sock, role)
-            self._listeners.append((sock, role))
-            log.info("audiosocket listening on %s (role %s, %d worker processes)", _address(sock), role, len(self.workers))
+            listener = Listener(cfg.host, port, role, limit, lambda: sum(w.connections for w in self.workers),
+                                self._dispatch, self.refusals)
+            listener.start()
+            self._listeners.append(listener)
+            log.info("audiosocket listening on %s (role %s, %d worker processes, at most %d connections)",
+                     listener.address, role, len(self.workers), limit)
 
     @property
     def address(self) -> str:
         """host:port of the main listener."""
-        return _address(self._listeners[0][0]) if self._listeners else ""
+        return self._listeners[0].address if self._listeners else ""
 
     @property
     def live_legs(self) -> int:
@@ -90,15 +93,20 @@ class WorkerPool:
         return [{"pid": w.proc.pid if w.proc else None, "legs": len(w.legs), "ready": w.ready.is_set()}
                 for w in self.workers]
 
+    def problem(self) -> str | None:
+        """Worker processes down (restarting) once the pool has started, for /health."""
+        down = [str(w.index) for w in self.workers if not w.ready.is_set()]
+        if not self._started or not down:
+            return None
+        return f"worker process {', '.join(down)} of {len(self.workers)} is down (restarting)"
+
     def reload(self) -> None:
         """SIGHUP every worker (each re-reads the escalation settings)."""
         self._signal(signal.SIGHUP)
 
     async def stop_accepting(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock, _ in self._listeners:
-            loop.remove_reader(sock)
-            sock.close()
+        for listener in self._listeners:
+            listener.close()
         self._listeners = []
 
     async def close_all(self) -> None:
@@ -118,19 +126,11 @@ class WorkerPool:
             if w.proc is not None and w.proc.returncode is None:
                 w.proc.send_signal(sig)
 
-    def _accept(self, listener: socket.socket, role: str) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("audiosocket: accept failed: %s", exc)
-                return
-            with conn:
-                self._dispatch(conn, role)
-
     def _dispatch(self, conn: socket.socket, role: str) -> None:
+        with conn:  # the worker holds its own copy
+            self._hand_over(conn, role)
+
+    def _hand_over(self, conn: socket.socket, role: str) -> None:
         ready = [w for w in self.workers if w.ready.is_set()]
         if not ready:
             log.warning("audiosocket: no worker process is ready; closing the connection from %s", conn.getpeername())
@@ -194,9 +194,11 @@ class WorkerPool:
             event = msg["event"]
             key = (event["call_id"], event["role"])
             if event["type"] == "call.started":
-                worker.legs[key] = event
+                worker.legs[key] = LostLeg(*key, started=event["ts"], last_seen=event["ts"])
             elif event["type"] == "call.ended":
                 worker.legs.pop(key, None)
+            elif key in worker.legs:
+                worker.legs[key].seen(event)
             self.bus.forward(event)
             metrics.LIVE_LEGS.set(self.live_legs)
         elif "stats" in msg:
@@ -208,19 +210,22 @@ class WorkerPool:
             worker.ready.set()
 
     def _end_lost_legs(self, worker: _Worker) -> None:
-        """call.ended (reason 'error') for each leg a dead worker was serving."""
-        for started in worker.legs.values():
-            self.bus.publish(self.bus.make_event("call.ended", started["call_id"], started["role"], reason="error",
-                                                 summary={"worker_lost": True}))
+        """call.ended (reason 'worker_lost') for each leg a dead worker was serving."""
+        for leg in worker.legs.values():
+            self.bus.publish(self.bus.make_event("call.ended", leg.call_id, leg.role, reason="worker_lost",
+                                                 summary=leg.summary()))
         worker.legs.clear()
         metrics.LIVE_LEGS.set(self.live_legs)
 
 
-def _address(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
-
-
 def _config_dict(config: Config) -> dict[str, Any]:
-    return {"source": config.source, **{f.name: dataclasses.asdict(getattr(config, f.name))
+    """The config as the worker re-parses it: internal fields left out, a section that records the keys its file
+    gave (``given``) with only those, so the worker resolves the others as the main process did."""
+    return {"source": config.source, **{f.name: _section_dict(getattr(config, f.name))
                                         for f in dataclasses.fields(Config) if f.name != "source"}}
+
+
+def _section_dict(section: Any) -> dict[str, Any]:
+    given, values = getattr(section, "given", None), dataclasses.asdict(section)
+    return {f.name: values[f.name] for f in dataclasses.fields(section)
+            if not f.metadata.get("internal") and (given is None or f.name in given)}

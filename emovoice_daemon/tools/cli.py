@@ -25,10 +25,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emovoice_daemon.service import lifecycle
     from emovoice_daemon.service.daemon import Daemon
 
-    from emovoice_daemon.service.preflight import file_problems, port_problems
+    from emovoice_daemon.service.preflight import file_problems, port_problems, worker_problems
 
     config = _load_or_exit(args.config)
-    problems = port_problems(config) or file_problems(config)
+    problems = port_problems(config) or file_problems(config) + worker_problems(config)
     if problems:
         raise SystemExit(f"emovoice-daemon: cannot start: {'; '.join(problems)}")
     asyncio.run(lifecycle.run(Daemon(config)))  # start failures exit 1 with one "cannot start" line (lifecycle)
@@ -47,10 +47,10 @@ def cmd_hub(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from emovoice_daemon.service.preflight import file_problems, port_problems
+    from emovoice_daemon.service.preflight import file_problems, port_problems, worker_problems
 
     config = _load_or_exit(args.file)
-    problems = file_problems(config) + (port_problems(config) if args.ports else [])
+    problems = file_problems(config) + worker_problems(config) + (port_problems(config) if args.ports else [])
     for problem in problems:
         print(f"{args.file}: {problem}", file=sys.stderr)
     if problems:

@@ -74,6 +74,36 @@ async def test_connections_that_never_deliver_audio_are_not_calls(rig: Rig) -> N
     assert started_after == started_before
 
 
+@pytest.mark.parametrize("variant", ["nothing", "one_header_byte", "uuid_only", "truncated_frame"])
+async def test_a_peer_that_completes_no_frame_is_closed_after_the_idle_timeout(rig: Rig, variant: str) -> None:
+    """Idle, or trickling part of a frame and then nothing: closed after ``idle_timeout_s``, not held open."""
+    server = AudioSocketServer(AudioSocketConfig(port=0, idle_timeout_s=0.5), rig.calls)
+    await server.start()
+    try:
+        sent = b"\x10" if variant == "one_header_byte" else HOSTILE[variant](uuid.uuid4().bytes)
+        closed = await _closed_after(int(server.address.rsplit(":", 1)[1]), sent)
+        assert closed is not None, f"{variant}: still open 10 s after its last byte (idle_timeout_s 0.5)"
+    finally:
+        await server.stop_accepting()
+        await server.close_all()
+
+
+async def _closed_after(port: int, sent: bytes) -> float | None:
+    """Seconds until the daemon closes a connection that sent ``sent`` and stays open (None: over 10 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(sent)
+    start = time.monotonic()
+    try:
+        async with asyncio.timeout(10):
+            while await reader.read(65536):
+                pass  # the keep-alive silence
+        return time.monotonic() - start
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize("bad", ["zero_length_audio", "odd_length_audio", "second_uuid", "unknown_kind"])
 async def test_a_protocol_error_after_audio_ends_the_call_as_protocol_error(rig: Rig, bad: str) -> None:
     call_id = str(uuid.uuid4())

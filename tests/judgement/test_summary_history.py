@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,31 @@ async def test_a_bad_event_is_logged_and_does_not_stop_the_writer(store: CallHis
     assert store.get_call("ok") is not None
     assert "cannot record call.ended of x" in caplog.text
 
+
+
+async def test_a_call_ended_on_the_bus_is_ended_in_the_next_request(store: CallHistory,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that saw call.ended on /events and then asks /calls must find the call ended, however slow
+    the writer (a loaded box: the SQLite commit lags the WebSocket)."""
+    record = store.record
+
+    def slow_record(event: dict, msg_id: str | None = None) -> bool:
+        time.sleep(0.2)
+        return record(event, msg_id)
+
+    monkeypatch.setattr(store, "record", slow_record)
+    writer = asyncio.create_task(store.run())
+    bus = EventBus()
+    bus.add_sink(store.sink)
+    app = web.Application()
+    history_mod.add_routes(app, store)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            bus.publish(started(bus, "c1", "mixed"))
+            bus.publish(ended(bus, "c1", "mixed", 0.5, 0))
+            listed = (await (await client.get("/calls")).json())["calls"]
+            assert [(c["call_id"], c["live"]) for c in listed] == [("c1", False)]
+            bus.publish(started(bus, "c2", "mixed"))
+            assert (await (await client.get("/calls/c2")).json())["live"] is True
+    finally:
+        writer.cancel()

@@ -15,7 +15,7 @@ from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.events import Event, EventBus
 from emovoice_daemon.outputs.history import CallHistory
 from emovoice_daemon.outputs.jetstream import MSG_ID, DurableReader, JetStreamPublisher, follow, site_filter
-from tests.support.nats_servers import NatsNode
+from tests.support.nats_servers import NatsNode, ids_in_stream
 
 
 @pytest.fixture
@@ -26,8 +26,9 @@ def nats_node(tmp_path: Path) -> Iterator[NatsNode]:
     node.stop()
 
 
-def sample(name: str, labels: tuple[str, ...] = ()) -> float:
-    return metrics.REGISTRY.get_sample_value(name, dict(zip(("outcome",), labels))) or 0.0
+def sample(name: str, labels: tuple[str, ...] | dict[str, str] = ()) -> float:
+    named = labels if isinstance(labels, dict) else dict(zip(("outcome",), labels))
+    return metrics.REGISTRY.get_sample_value(name, named) or 0.0
 
 
 async def eventually(predicate, timeout: float = 30.0, what: str = "condition") -> None:
@@ -128,14 +129,16 @@ async def test_a_resent_event_is_stored_once(nats_node: NatsNode) -> None:
         await running.stop()
 
 
-async def test_buffered_while_nats_is_down_then_delivered_in_order(tmp_path: Path) -> None:
+async def test_buffered_while_nats_is_down_then_delivered_in_order_lifecycle_kept(tmp_path: Path) -> None:
     node = NatsNode("late", tmp_path / "nats")  # ports chosen, nothing listening yet
     running = Running(JetStreamConfig(enabled=True, servers=[node.url], site="lyon", buffer=50))
     try:
-        dropped = sample("emovoice_jetstream_dropped_total")
+        dropped = {kind: sample("emovoice_jetstream_dropped_total", {"kind": kind}) for kind in ("score", "lifecycle")}
         events = publish_calls(running.bus, ["c1"], scores=78)  # 80 events into a 50-event buffer
         assert running.publisher.buffered == 50 and sample("emovoice_jetstream_buffered") == 50
-        assert sample("emovoice_jetstream_dropped_total") == dropped + 30
+        assert sample("emovoice_jetstream_dropped_total", {"kind": "score"}) == dropped["score"] + 30
+        assert sample("emovoice_jetstream_dropped_total", {"kind": "lifecycle"}) == dropped["lifecycle"]
+        assert "not connected to NATS" in running.publisher.problem(10.0)
         node.start()
         await eventually(lambda: running.publisher.buffered == 0, timeout=30, what="buffer drained after start")
         nc = await nats.connect(node.url)
@@ -144,7 +147,32 @@ async def test_buffered_while_nats_is_down_then_delivered_in_order(tmp_path: Pat
             sub = await nc.jetstream().subscribe("emovoice.>", ordered_consumer=True)
             while len(got) < 50:
                 got.append(json.loads((await sub.next_msg(timeout=5)).data))
-            assert [e["seq"] for e in got] == [e["seq"] for e in events[30:]]  # the newest 50, oldest dropped
+            # the call's start and end kept; of its scores the first 48 (the oldest one gave way to call.ended)
+            assert [e["seq"] for e in got] == [e["seq"] for e in [events[0], *events[2:50], events[-1]]]
+        finally:
+            await nc.close()
+        assert "buffer was full" in running.publisher.problem(10.0)  # a drop stays visible for the health period
+        assert running.publisher.problem(0.0) is None
+    finally:
+        await running.stop()
+        node.stop()
+
+
+async def test_a_buffer_of_lifecycle_events_only_drops_its_oldest(tmp_path: Path) -> None:
+    node = NatsNode("late", tmp_path / "nats")
+    running = Running(JetStreamConfig(enabled=True, servers=[node.url], buffer=3))
+    try:
+        before = sample("emovoice_jetstream_dropped_total", {"kind": "lifecycle"})
+        for call in ("a", "b", "c", "d", "e"):
+            running.bus.publish(running.bus.make_event("call.started", call, "mixed", source="audiosocket", meta={}))
+        assert sample("emovoice_jetstream_dropped_total", {"kind": "lifecycle"}) == before + 2
+        node.start()
+        await eventually(lambda: running.publisher.buffered == 0, what="buffer drained after start")
+        nc = await nats.connect(node.url)
+        try:
+            js = nc.jetstream()
+            stored = [json.loads((await js.get_msg("EMOVOICE", seq)).data)["call_id"] for seq in (1, 2, 3)]
+            assert stored == ["c", "d", "e"] and (await js.stream_info("EMOVOICE")).state.messages == 3
         finally:
             await nc.close()
     finally:
@@ -175,11 +203,15 @@ async def test_server_restart_mid_stream_loses_and_doubles_nothing(nats_node: Na
                 if len(received) == len(sent):
                     handled.set()
 
-            reader = asyncio.create_task(DurableReader(nc.jetstream(), "EMOVOICE", "count", "emovoice.>").run(handle))
+            durable = DurableReader(nc.jetstream(), "EMOVOICE", "count", "emovoice.>")
+            reader = asyncio.create_task(durable.run(handle))
             await asyncio.wait_for(handled.wait(), 30)
             await asyncio.sleep(0.5)  # nothing more arrives
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+            stored = await ids_in_stream([nats_node.url], "EMOVOICE")  # the stream itself: each id stored once
+            assert sorted(stored.values()) == [1] * len(sent) and set(stored) == set(received)
+            assert durable.skipped == 0  # a reader started after the restart sees no redelivery to hide
             assert len(received) == len(set(received)) == len(sent)
             assert set(received) == {f"lyon:{e['boot']}:{e['seq']}" for e in sent}
             call_of = {e["seq"]: e["call_id"] for e in sent}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import socket
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -28,14 +31,13 @@ from emovoice_daemon.ingest.audiosocket import Connection
 from emovoice_daemon.scoring import engine
 from emovoice_daemon.scoring.resample import StreamResampler
 from emovoice_daemon.service.daemon import Daemon
+from emovoice_daemon.tools.simulate import play_call
 from tests.conftest import DaemonProcess, start_daemon, stop_daemon
 
 IDLE_TIMEOUT_S = 2.0
 
 
 def live_legs(daemon: DaemonProcess) -> int:
-    import json
-
     return json.loads(daemon.get("/health")[1])["legs"]
 
 
@@ -131,5 +133,32 @@ async def test_rss_returns_to_baseline_after_calls(tmp_path: Path) -> None:
             await round_of_calls()
         grown = rss_bytes(daemon.proc.pid) - baseline
         assert grown < 16 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over 24 calls"
+    finally:
+        stop_daemon(daemon)
+
+
+async def test_more_connections_than_file_descriptors_leave_the_daemon_answering(tmp_path: Path) -> None:
+    """Open-file limit 400 (setrlimit in the daemon's process), 600 idle connections: the daemon holds what its
+    cap allows (400 - 128), refuses the rest with a few log lines, /health answers degraded; a call works after."""
+    daemon = start_daemon(tmp_path, {"audiosocket": {"idle_timeout_s": 60.0}}, nofile=400)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(600):
+            idle.append(socket.create_connection(("127.0.0.1", daemon.audiosocket_port), timeout=5))
+        await asyncio.sleep(3)  # the daemon accepts what its cap allows
+        status, body = await asyncio.to_thread(daemon.get, "/health")
+        health = json.loads(body)
+        assert status == 200 and health["status"] == "degraded", health
+        assert "audiosocket.max_connections (272)" in health["reasons"]["connections"]
+        stderr = daemon.stderr_path.read_text()
+        assert "out of system resource" not in stderr and "Traceback" not in stderr
+        assert stderr.count("refusing connections") <= 2, stderr[-2000:]
+    finally:
+        for sock in idle:
+            sock.close()
+    try:
+        call_id = str(uuid.uuid4())
+        await play_call("127.0.0.1", daemon.audiosocket_port, voiced_audio(3), call_id)
+        daemon.wait_for(lambda ev: any(e["type"] == "call.ended" and e["call_id"] == call_id for e in ev))
     finally:
         stop_daemon(daemon)

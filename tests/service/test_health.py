@@ -136,3 +136,30 @@ async def test_a_worker_process_overloaded_makes_the_daemon_degraded(fast: Daemo
         assert report["status"] == "degraded" and report["reasons"]["overload"].startswith("50 of 100 windows")
     finally:
         metrics.EXPOSED.update("test-worker", [])
+
+
+async def test_nats_down_at_start_is_logged_at_once_and_degraded_until_it_is_up(tmp_path: Path, caplog) -> None:
+    """Real nats-server, started only after the daemon: the failing first connection is one error line, /health
+    says jetstream until the daemon has connected, and the events of the meantime reach the stream."""
+    from tests.support.nats_servers import NatsNode, ids_in_stream
+
+    node = NatsNode("late", tmp_path / "nats")  # ports chosen, nothing listening yet
+    daemon = await started(tmp_path, FakeClassifier(), f"jetstream: {{enabled: true, servers: ['{node.url}']}}")
+    try:
+        await until(lambda: _async(lambda: "nats: cannot connect to" in caplog.text), 20)
+        assert caplog.text.count("nats: cannot connect to") == 1
+        reasons = (await health(daemon))["reasons"]
+        assert "not connected to NATS" in reasons["jetstream"] and await gauge(daemon, "jetstream") == 1
+        await call(daemon)
+        await asyncio.to_thread(node.start)
+        await until(lambda: _async(lambda: daemon.jetstream.buffered == 0), 30)
+        assert (await health(daemon))["status"] == "ok"
+        logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+        assert len(await ids_in_stream([node.url], "EMOVOICE")) == len(logged)
+    finally:
+        await daemon.stop()
+        node.stop()
+
+
+async def _async(check) -> bool:  # type: ignore[no-untyped-def]
+    return check()

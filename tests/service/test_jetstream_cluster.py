@@ -14,7 +14,7 @@ from pathlib import Path
 from emovoice_daemon.tools.simulate import play_call
 from tests.conftest import stop_daemon
 from tests.support.js_consumer import received, skipped
-from tests.support.nats_servers import NatsCluster, wait_until
+from tests.support.nats_servers import NatsCluster, ids_in_stream, wait_until
 from tests.support.scripted import tone_call
 from tests.support.scripted_daemon import start_scripted_daemon
 
@@ -52,10 +52,12 @@ async def test_node_kill_mid_stream_loses_and_doubles_nothing(tmp_path: Path) ->
         await asyncio.sleep(1.0)  # a late duplicate would show up now
         got = received(out)
         dupes = sum(n - 1 for n in Counter(mid for mid, _ in got).values())
+        stored = await ids_in_stream(cluster.urls, "EMOVOICE")  # the stream itself, not what the reader let through
+        stored_twice = sum(n - 1 for n in stored.values())
         stderr = daemon.stderr_path.read_text()
         report = (f"killed {victim.name} (the daemon's node and the stream leader) after {before_kill} events; "
                   f"published {len(published)}, "
-                  f"received {len(got)}, duplicates delivered {dupes}, "
+                  f"received {len(got)}, stored twice in the stream {stored_twice}, duplicates delivered {dupes}, "
                   f"redeliveries skipped by the reader {skipped(out)}, "
                   f"publish retries logged: {'publishing failed' in stderr}")
         ARTIFACTS.mkdir(exist_ok=True)
@@ -63,7 +65,8 @@ async def test_node_kill_mid_stream_loses_and_doubles_nothing(tmp_path: Path) ->
         print(report)
         assert 0 < before_kill < len(published)  # the node died mid-stream
         assert "nats: reconnected to" in stderr
-        assert dupes == 0
+        assert dupes == 0 and stored_twice == 0 and len(stored) == len(published)
+        assert set(stored) == {mid for mid, _ in got}
         assert sorted(seq for _, seq in got) == sorted(published)
     finally:
         stop_daemon(daemon)

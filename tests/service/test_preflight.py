@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from emovoice_daemon.config import parse_config
-from emovoice_daemon.service.preflight import file_problems, port_problems
+from emovoice_daemon.service.preflight import file_problems, port_problems, worker_problems
 from tests.service.test_lifecycle import truncated_model
 
 
@@ -54,3 +54,22 @@ def test_check_config_reports_files_and_taken_ports_only_when_asked(tmp_path: Pa
     assert plain.returncode == 2 and f"{cfg}: api.token_file: cannot read {tmp_path}/none" in plain.stderr
     assert "audiosocket.port" not in plain.stderr
     assert ports.returncode == 2 and f"audiosocket.port: cannot listen on 127.0.0.1:{port}" in ports.stderr
+
+
+def test_more_worker_processes_than_cores_is_a_problem_for_check_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"service: {{workers: 100000}}\nevents: {{log_path: {tmp_path}/e.jsonl}}\n"
+                   f"history: {{path: {tmp_path}/h.sqlite3}}\n")
+    checked = subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.cli", "check-config", str(cfg)],
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 2, checked.stderr
+    assert f"{cfg}: service.workers: 100000 worker processes on " in checked.stderr
+    assert worker_problems(parse_config("service: {workers: auto}")) == []
+    assert worker_problems(parse_config("service: {workers: 100000}\naudiosocket: {enabled: false}")) == []
+
+
+def test_a_missing_nats_credentials_file_is_a_problem_when_jetstream_is_on(tmp_path: Path) -> None:
+    text = f"jetstream: {{enabled: ENABLED, credentials_file: {tmp_path}/none.creds}}\n"
+    assert file_problems(parse_config(text.replace("ENABLED", "false"))) == []
+    assert [p for p in file_problems(parse_config(text.replace("ENABLED", "true"))) if "jetstream" in p] == [
+        f"jetstream.credentials_file: cannot read {tmp_path}/none.creds: No such file or directory"]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -135,3 +136,18 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+async def ids_in_stream(servers: list[str], stream: str) -> Counter[str]:
+    """How many times each ``Nats-Msg-Id`` is stored in ``stream``: the stream itself, no reader's de-duplication."""
+    nc = await nats.connect(servers)
+    try:
+        js = nc.jetstream()
+        state = (await js.stream_info(stream)).state
+        ids: Counter[str] = Counter()
+        for seq in range(state.first_seq, state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            ids[(msg.headers or {}).get("Nats-Msg-Id", f"no id at {seq}")] += 1
+        return ids
+    finally:
+        await nc.close()

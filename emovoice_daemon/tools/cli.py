@@ -109,6 +109,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     except (BatchError, ModelError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} files that are not WAV or FLAC audio, e.g. {summary['skipped'][0]}",
+              file=sys.stderr)
     print(f"{summary['files']} calls ({summary['failed']} failed), {summary['audio_hours']} h of audio in "
           f"{summary['wall_s']} s: {summary['throughput_audio_h_per_wall_h']} audio hours per wall-clock hour; "
           f"reports in {args.out}")

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 import yaml
 
+from training.config import default_cache_dir
+from training.splits import TooFewSpeakers
+
 
 def _log_to(path: Path | None):
     start = time.monotonic()
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--conditions", nargs="+", default=["clean", "telephony"])
     e.add_argument("--window", type=float, default=3.0)
     e.add_argument("--threads", type=int, default=2)
-    e.add_argument("--cache-dir", default="/tmp/emovoice-cache")
+    e.add_argument("--cache-dir", default=str(default_cache_dir()), help="decoded audio cache (default: %(default)s)")
     e.add_argument("--json", help="write the full reports here")
     e.set_defaults(func=cmd_evaluate)
     c = sub.add_parser("calls", help="call-level evaluation: whole calls of unseen speakers through the daemon's path")
@@ -233,7 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--card", help="model card (README.md) to write with it")
     h.set_defaults(func=cmd_head)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except TooFewSpeakers as exc:
+        raise SystemExit(f"emovoice-train: {exc}") from None
 
 
 if __name__ == "__main__":

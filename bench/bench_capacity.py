@@ -294,19 +294,23 @@ async def leg(workers: int | str, audio: list[list[bytes]], voiced: list[list[in
     return capacity(outcomes)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2", help="comma-separated service.workers values, one daemon each")
     parser.add_argument("--levels", default="50,100,150,200,250,300", help="concurrent calls per level, ascending")
     parser.add_argument("--seconds", type=int, default=60, help="length of each call")
-    parser.add_argument("--model", type=lambda p: str(Path(p).resolve()), default="",
+    parser.add_argument("--model", type=lambda p: str(Path(p).resolve()) if p else "", default="",
                         help="model directory (default: the shipped model)")
     parser.add_argument("--threads", type=int, default=1, help="model.threads of the daemon (per worker)")
     parser.add_argument("--generators", type=int, default=1, help="generator processes")
     parser.add_argument("--speech", type=Path, default=SPEECH, help="CREMA-D AudioWAV directory")
     parser.add_argument("--distinct", type=int, default=16, help="distinct call recordings (cycled)")
     parser.add_argument("--pause-s", type=float, default=3.0, help="rest between levels")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still stop the daemon (the finally blocks)
     args.levels = [int(n) for n in args.levels.split(",")]
     pipeline = PipelineConfig()

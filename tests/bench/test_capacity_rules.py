@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.bench_capacity import Level, capacity
+from bench.bench_capacity import Level, capacity, parse_args
 from bench.callgen import FRAME_S, _Call, _send
 
 
@@ -52,3 +52,9 @@ def test_a_level_whose_generator_lagged_fails() -> None:
     lagged = level(behind)
     assert not lagged.generator_on_time and not lagged.passed
     assert "generator behind real time" in lagged.line()
+
+
+
+def test_the_shipped_model_is_the_default_not_the_working_directory() -> None:
+    assert parse_args(["--levels", "50"]).model == ""  # "" resolved as a path was the working directory
+    assert parse_args(["--model", "emovoice_daemon"]).model.startswith("/")

@@ -20,7 +20,7 @@ from transformers import AutoModelForAudioClassification
 
 import emovoice_daemon.scoring.models  # noqa: F401  (registers the EmoVoice model types)
 from training.calibration import softmax
-from training.config import CorpusSpec
+from training.config import CorpusSpec, default_cache_dir
 from training.corpora import CLASSES, NEGATIVE
 from training.evaluate import condition_waves
 from training.loop import predict_logits
@@ -35,7 +35,7 @@ NEG = CLASSES.index(NEGATIVE)
 def compact_probs(model_dir: Path, kind: str, path: str, indices: np.ndarray) -> np.ndarray:
     """The compact model's calibrated probabilities on the same clips, telephony condition."""
     model = AutoModelForAudioClassification.from_pretrained(model_dir).eval()
-    data = load([CorpusSpec(kind, Path(path))], Path("/tmp/emovoice-cache"))
+    data = load([CorpusSpec(kind, Path(path))], default_cache_dir())
     with torch.inference_mode():
         logits = predict_logits(model, condition_waves(data.store, indices, "telephony", 3.0))
     return softmax(logits, float(model.config.temperature))

@@ -4,7 +4,9 @@ Runs as ``python -m bench.callgen`` with a pickled plan on stdin (see :func:`mai
 pickled result to stdout. It imports nothing of the daemon (no torch), so its CPU is the cost of
 sending calls, not of loading a model. One thread sends every call: each connection gets its
 next frame when it is due (a heap of due times), the way Asterisk's channel timers drive
-``AudioSocket()``; frames the kernel cannot take at once are kept and sent first next time.
+``AudioSocket()``; frames the kernel cannot take at once are kept and sent first next time. A frame counts
+as sent when the kernel has taken its last byte, so its lateness (and ``bench_capacity``'s end-to-end lag,
+measured from that time) includes any backlog the generator or the receiver built up.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import resource
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,12 +39,12 @@ class Plan:
 
 @dataclass
 class Result:
-    """Per call: the monotonic time each frame (UUID first) was handed to the kernel; errors; process CPU."""
+    """Per call: the monotonic time the kernel took each frame's last byte (UUID first); errors; process CPU."""
 
     sent_at: list[np.ndarray]
     errors: list[str]
     cpu_s: float
-    lateness_s: np.ndarray  # per frame: handed to the kernel minus due
+    lateness_s: np.ndarray  # per frame sent: the kernel took its last byte minus due
 
 
 class _Call:
@@ -50,6 +53,8 @@ class _Call:
         self.start = start
         self.next = 0
         self.pending = b""
+        self.queued = self.taken = 0  # bytes queued for the kernel / taken by it so far
+        self.unsent: deque[tuple[int, int]] = deque()  # frames (partly) in pending: (index, queued at its end)
         self.sock: socket.socket | None = None
         self.sent_at = np.zeros(len(self.frames))
         self.lateness = np.zeros(len(self.frames))
@@ -66,22 +71,32 @@ def _connect(call: _Call, host: str, port: int) -> None:
 
 
 def _send(call: _Call, now: float) -> bool:
-    """Send the call's next frame (after what was pending); False when the call is over."""
+    """Queue the call's next frame after what was pending and send what the kernel takes; False when it is over."""
     sock = call.sock
     data = call.pending + call.frames[call.next]
+    call.queued += len(call.frames[call.next])
+    call.unsent.append((call.next, call.queued))
+    call.next += 1
     try:
         n = sock.send(data)
     except BlockingIOError:
         n = 0
     except OSError as exc:
-        call.error = f"frame {call.next}: {exc.strerror}"
+        call.error = f"frame {call.next - 1}: {exc.strerror}"
         return False
     call.pending = data[n:]
-    call.sent_at[call.next] = now
-    call.lateness[call.next] = now - call.due(call.next)
-    call.next += 1
+    _taken(call, n, now)
     _drain_replies(sock)
     return call.next < len(call.frames)
+
+
+def _taken(call: _Call, n: int, now: float) -> None:
+    """The kernel took ``n`` more bytes at ``now``: frames whose last byte was among them are sent."""
+    call.taken += n
+    while call.unsent and call.unsent[0][1] <= call.taken:
+        i, _ = call.unsent.popleft()
+        call.sent_at[i] = now
+        call.lateness[i] = now - call.due(i)
 
 
 def _drain_replies(sock: socket.socket) -> None:
@@ -104,6 +119,8 @@ def _finish(call: _Call) -> None:
     try:
         if call.pending:
             call.sock.sendall(call.pending)
+            _taken(call, len(call.pending), time.monotonic())
+            call.pending = b""
     except OSError as exc:
         call.error = call.error or f"closing: {exc}"
     call.sock.close()
@@ -137,7 +154,7 @@ def play(plan: Plan) -> Result:
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     return Result([c.sent_at for c in calls], [c.error for c in calls], cpu,
-                  np.concatenate([c.lateness[: c.next] for c in calls]) if calls else np.zeros(0))
+                  np.concatenate([c.lateness[c.sent_at > 0] for c in calls]) if calls else np.zeros(0))
 
 
 def main() -> int:

@@ -107,9 +107,16 @@ class CallManager:
                  model_info: dict[str, Any]) -> None:
         self.engine, self.bus, self.policy_factory, self.model_info = engine, bus, policy_factory, model_info
         self.legs: dict[str, Leg] = {}
+        self.expected: dict[str, dict[str, Any]] = {}  # call id -> meta given before the call started
+
+    def expect(self, call_id: str, meta: dict[str, Any]) -> None:
+        """Meta for a call about to start (e.g. its ``name`` and ``agent``), merged into each of its legs' meta
+        (``call.started``; the source's own keys win) until its last leg ends."""
+        self.expected[call_id] = meta
 
     def start_leg(self, call_id: str, role: str, source: str, meta: dict[str, Any]) -> Leg:
         """Open a leg and publish call.started; a leg id already live is a ValueError."""
+        meta = {**self.expected.get(call_id, {}), **meta}
         leg = Leg(self, call_id, role, source, meta)
         if leg.leg_id in self.legs:
             raise ValueError(f"call leg {leg.leg_id} is already live")
@@ -123,6 +130,8 @@ class CallManager:
     def forget(self, leg: Leg) -> None:
         self.legs.pop(leg.leg_id, None)
         metrics.LIVE_LEGS.set(len(self.legs))
+        if not any(other.call_id == leg.call_id for other in self.legs.values()):
+            self.expected.pop(leg.call_id, None)
 
     async def end_all(self, reason: str) -> None:
         await asyncio.gather(*(leg.end(reason) for leg in list(self.legs.values())))

@@ -22,11 +22,13 @@ Check = Callable[[Any], "str | None"]
 
 
 class ConfigError(Exception):
-    """One or more invalid configuration values; ``errors`` holds one line per problem."""
+    """One or more invalid configuration values; ``errors`` holds one line per problem. ``config``, when the
+    file parsed, is the config of its valid values (the invalid ones at their defaults), for further checks."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], config: "Config | None" = None) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+        self.config = config
 
 
 def positive(value: Any) -> str | None:
@@ -82,6 +84,14 @@ def _f(default: Any, check: Check | None = None, doc: str = "") -> Any:
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
 
+def state_dir() -> Path:
+    """Where the daemon keeps what it learns: systemd's ``$STATE_DIRECTORY`` (``StateDirectory=``, the unit's
+    /var/lib/emovoice), else ``$XDG_STATE_HOME/emovoice``, else ``~/.local/state/emovoice``; never the working directory."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "emovoice"
+
+
 def role_ports(value: Any) -> str | None:
     """role -> listening port, for the AudioSocket taps that say their role by the port they dial."""
     bad = sorted(set(value) - {"mixed", "customer", "agent"})
@@ -127,7 +137,8 @@ class ModelConfig:
     quantize_int8: bool = _f(False, doc="int8 dynamic quantisation of linear layers (CPU)")
     label_map: dict[str, str] = _f({}, doc="model label -> NEGATIVE/NEUTRAL/POSITIVE")
     adapt: bool = _f(True, doc="encoder models: standardise features by the site's and the leg's statistics")
-    site_stats_path: str = _f("emovoice-site-stats.npz", doc="where the site statistics persist ('' = not kept)")
+    site_stats_path: str = field(default_factory=lambda: str(state_dir() / "site-stats.npz"), metadata={
+        "check": None, "doc": "where the site statistics persist ('' = not kept); default: in the state directory"})
 
 
 @dataclass
@@ -374,6 +385,12 @@ class Config:
     cues: CuesConfig = field(default_factory=CuesConfig)
     jetstream: JetStreamConfig = field(default_factory=JetStreamConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
+    lines: dict[str, int] = field(default_factory=dict, compare=False, metadata={"internal": True})  # "section.key" -> line
+
+    def where(self, key: str) -> str:
+        """``file:line`` of ``key`` (``section.key``) when the file sets it, else the file."""
+        line = self.lines.get(key)
+        return f"{self.source}:{line}" if line else self.source
 
 
 def _type_error(value: Any, hint: Any) -> str | None:
@@ -397,7 +414,7 @@ def _type_error(value: Any, hint: Any) -> str | None:
     return None if ok else f"expected {getattr(origin, '__name__', origin)}, got {type(value).__name__} {value!r}"
 
 
-def _build_section(cls: type, node: yaml.Node, where: str, name: str, errors: list[str]) -> Any:
+def _build_section(cls: type, node: yaml.Node, where: str, name: str, errors: list[str], lines: dict[str, int]) -> Any:
     if not isinstance(node, yaml.MappingNode):
         errors.append(f"{where}:{node.start_mark.line + 1}: {name}: expected a mapping")
         return cls()
@@ -406,6 +423,7 @@ def _build_section(cls: type, node: yaml.Node, where: str, name: str, errors: li
     values: dict[str, Any] = {}
     for key_node, value_node in node.value:
         key, line = key_node.value, key_node.start_mark.line + 1
+        lines[f"{name}.{key}"] = line
         if key not in fields:
             errors.append(f"{where}:{line}: {name}.{key}: unknown key (known: {', '.join(fields)})")
             continue
@@ -449,6 +467,7 @@ def parse_config(text: str, where: str = "<string>") -> Config:
         raise ConfigError([f"{where}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     errors: list[str] = _duplicate_keys(root, where, "") if root is not None else []
     sections: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     if root is not None:
         if not isinstance(root, yaml.MappingNode):
             raise ConfigError([f"{where}:{root.start_mark.line + 1}: top level must be a mapping"])
@@ -459,11 +478,12 @@ def parse_config(text: str, where: str = "<string>") -> Config:
             if key not in known:
                 errors.append(f"{where}:{key_node.start_mark.line + 1}: {key}: unknown section (known: {', '.join(known)})")
                 continue
-            sections[key] = _build_section(hints[key], value_node, where, key, errors)
+            sections[key] = _build_section(hints[key], value_node, where, key, errors, lines)
     errors.extend(_cross_checks(sections, where))
+    config = Config(**sections, source=where, lines=lines)
     if errors:
-        raise ConfigError(errors)
-    return Config(**sections, source=where)
+        raise ConfigError(errors, config)
+    return config
 
 
 def _cross_checks(sections: dict[str, Any], where: str) -> list[str]:

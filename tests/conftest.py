@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.support.shared_skips import (  # noqa: F401  (hooks: the closing line of ../shared skips)
+    pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
 

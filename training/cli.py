@@ -11,6 +11,9 @@ import numpy as np
 import torch
 import yaml
 
+from training.config import default_cache_dir
+from training.splits import TooFewSpeakers
+
 
 def _log_to(path: Path | None):
     start = time.monotonic()
@@ -124,7 +127,7 @@ def cmd_head(args: argparse.Namespace) -> None:
     opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden})
     log = _log_to(None)
     data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
-    cache = FeatureCache(opts, Path(cfg.cache_dir or "/tmp/emovoice-cache") / "features", cfg.augment, cfg.seed, log)
+    cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
     labels = UPSET_LABELS if args.labels == "upset" else CREMAD_LABELS
     settings = dataclasses.replace(cfg.train, epochs=args.epochs)
     head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log)
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--conditions", nargs="+", default=["clean", "telephony"])
     e.add_argument("--window", type=float, default=3.0)
     e.add_argument("--threads", type=int, default=2)
-    e.add_argument("--cache-dir", default="/tmp/emovoice-cache")
+    e.add_argument("--cache-dir", default=str(default_cache_dir()), help="decoded audio cache (default: %(default)s)")
     e.add_argument("--json", help="write the full reports here")
     e.set_defaults(func=cmd_evaluate)
     c = sub.add_parser("calls", help="call-level evaluation: whole calls of unseen speakers through the daemon's path")
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="at least this many calls of each kind per corpus (speakers repeat, in other clip orders)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=2)
-    c.add_argument("--cache-dir", default="/tmp/emovoice-cache")
+    c.add_argument("--cache-dir", default=str(default_cache_dir()), help="decoded audio cache (default: %(default)s)")
     c.add_argument("--memo", default="", help="file memoising encoder features per window (faster reruns)")
     c.add_argument("--json", help="write the figures here")
     c.add_argument("--choose", metavar="ESCALATION_JSON",
@@ -233,7 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--card", help="model card (README.md) to write with it")
     h.set_defaults(func=cmd_head)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except TooFewSpeakers as exc:
+        raise SystemExit(f"emovoice-train: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """YAML run configuration (see ``training/configs/*.yaml``)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -8,6 +9,11 @@ import yaml
 
 from training.augment import TelephonyAugment
 from training.loop import TrainSettings
+
+
+def default_cache_dir() -> Path:
+    """The user's own cache (``$XDG_CACHE_HOME``, else ``~/.cache``) ``/emovoice/training``: never shared with other users."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "emovoice" / "training"
 
 
 @dataclass
@@ -47,7 +53,7 @@ class RunConfig:
     ship: str = "final"
     seed: int = 0
     num_threads: int = 2
-    cache_dir: Path | None = Path("/tmp/emovoice-cache")
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
     output_dir: Path = Path("runs/default")
     export_dir: Path | None = None
     card: dict = field(default_factory=dict)
@@ -88,7 +94,8 @@ def load_config(path: Path, overrides: dict | None = None) -> RunConfig:
         ship=raw.get("ship", "final"),
         seed=int(raw.get("seed", 0)),
         num_threads=int(raw.get("num_threads", 2)),
-        cache_dir=Path(raw["cache_dir"]) if raw.get("cache_dir") else None,
+        cache_dir=(Path(raw["cache_dir"]).expanduser() if raw["cache_dir"] else None) if "cache_dir" in raw
+        else default_cache_dir(),
         output_dir=Path(raw.get("output_dir", f"runs/{Path(path).stem}")),
         export_dir=Path(raw["export_dir"]) if raw.get("export_dir") else None,
         card=raw.get("card") or {},

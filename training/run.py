@@ -28,7 +28,7 @@ from training.evaluate import (
 from training.export import card_meta, render_card, save_model_dir
 from training.loop import Log, TrainData, predict_logits
 from training.operating_point import recall_bias, shift_output
-from training.splits import holdout_speakers, speaker_folds
+from training.splits import check_speakers, holdout_speakers, speaker_folds
 
 TRAINER_MODULES = {"compact": "training.train_compact", "hubert": "training.train_hubert", "superb": "training.train_superb",
                    "whisper": "training.train_whisper"}  # whisper: its own cached-feature protocol (run() only)
@@ -95,6 +95,7 @@ def run_folds(cfg: RunConfig, folds_to_run: Sequence[int], log: Log = print) -> 
         raise ValueError("model_kind whisper runs every fold from cached features in seconds: use run without --folds/--finalize")
     torch.set_num_threads(cfg.num_threads)
     data = load(cfg.train_corpora, cfg.cache_dir)
+    check_speakers(data.utts, cfg.evaluation.folds, cfg.evaluation.val_fraction)
     tests = [load([s], cfg.cache_dir) for s in cfg.test_corpora]
     conds, window = cfg.evaluation.conditions, cfg.evaluation.window_seconds
     folds = speaker_folds(data.utts, cfg.evaluation.folds, cfg.seed)

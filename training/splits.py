@@ -8,6 +8,31 @@ import numpy as np
 from training.corpora import Utterance
 
 
+class TooFewSpeakers(ValueError):
+    """The corpus has fewer speakers than the folds and validation hold-out need."""
+
+
+def min_speakers(n_folds: int, val_fraction: float) -> int:
+    """Fewest speakers for ``n_folds`` folds whose every training side can still hold out ``val_fraction`` of its
+    speakers (:func:`holdout_speakers` deals them into ``round(1 / val_fraction)`` groups, one speaker at least each)."""
+    need = max(2, round(1 / val_fraction))
+    n = max(n_folds, need)
+    while n - -(-n // n_folds) < need:  # the largest fold holds ceil(n / n_folds) speakers
+        n += 1
+    return n
+
+
+def check_speakers(utts: Sequence[Utterance], n_folds: int, val_fraction: float) -> None:
+    """Raise :class:`TooFewSpeakers` with what to change when the corpus cannot fill the folds and hold-outs."""
+    have, need = len({u.speaker for u in utts}), min_speakers(n_folds, val_fraction)
+    if have < need:
+        raise TooFewSpeakers(
+            f"{have} speakers (callers) are too few for evaluation.folds {n_folds} with val_fraction {val_fraction}: "
+            f"each fold trains on the other folds' speakers and holds out 1 in {max(2, round(1 / val_fraction))} of "
+            f"them, so {need} speakers are needed; add speakers, or lower evaluation.folds / raise "
+            f"evaluation.val_fraction (folds 2 with val_fraction 0.5 needs {min_speakers(2, 0.5)})")
+
+
 def assign_speaker_folds(utts: Sequence[Utterance], n_folds: int, seed: int) -> dict[str, int]:
     """Map each speaker to a fold; within each sex, speakers are shuffled and dealt round-robin."""
     if n_folds < 2:

@@ -301,15 +301,17 @@ def run(cfg, log: Log = print) -> dict:  # noqa: ANN001 (training.config.RunConf
 
     from training.evaluate import fold_table, headline, metrics_table, summarize_folds
     from training.export import card_meta, render_card
+    from training.config import default_cache_dir
     from training.run import load
-    from training.splits import holdout_speakers, speaker_folds
+    from training.splits import check_speakers, holdout_speakers, speaker_folds
 
     torch.set_num_threads(cfg.num_threads)
     opts = HeadOptions.from_dict(cfg.model)
     conds = list(cfg.evaluation.conditions)
     data = load(cfg.train_corpora, cfg.cache_dir)
+    check_speakers(data.utts, cfg.evaluation.folds, cfg.evaluation.val_fraction)
     tests = [load([s], cfg.cache_dir) for s in cfg.test_corpora]
-    cache = FeatureCache(opts, Path(cfg.cache_dir or "/tmp/emovoice-cache") / "features", cfg.augment, cfg.seed, log)
+    cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
     train_feats = {c: cache.get(data, c) for c in dict.fromkeys(("telephony", *opts.in_corpus_conditions, *opts.train_conditions))}
     test_sets = {t.name: ({c: cache.get(t, c) for c in conds}, np.arange(len(t.utts)), t.labels,
                           np.array([u.speaker for u in t.utts])) for t in tests}

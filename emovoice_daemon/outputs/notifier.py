@@ -65,6 +65,11 @@ class _Call:
     active: dict[str, Event] = field(default_factory=dict)  # role -> escalation.raised event
     bound_at: float = field(default_factory=time.monotonic)
 
+    @property
+    def name(self) -> str:
+        """``meta.name`` of the call's ``call.started`` (shown instead of the id), else ''."""
+        return next((str(e["meta"]["name"]) for e in self.legs.values() if e.get("meta", {}).get("name")), "")
+
 
 class AgentNotifier:
     """Routes escalation events to the WebSocket connections of the call's agent."""
@@ -135,7 +140,8 @@ class AgentNotifier:
     def hello(self, agent: str) -> Event:
         active = [e for call in self.calls.values() if call.agent == agent for e in call.active.values()]
         live = sorted(c for c, call in self.calls.items() if call.agent == agent and call.legs)
-        return {"type": "hello", "agent": agent, "calls": live, "active": active}
+        names = {c: name for c in live if (name := self.calls[c].name)}
+        return {"type": "hello", "agent": agent, "calls": live, "names": names, "active": active}
 
     def authenticate(self, agent: str, token: str) -> bool:
         """Is ``token`` the agent's own token or the API token? (constant time)"""

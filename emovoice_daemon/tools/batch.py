@@ -1,12 +1,13 @@
 """Batch QA: score recorded calls with the daemon's own engine, policy and summary.
 
-``emovoice-daemon score FILES|DIR -o OUT`` treats each WAV as one call: a mono file is one
+``emovoice-daemon score FILES|DIR -o OUT`` treats each WAV or FLAC file as one call: a mono file is one
 ``mixed`` leg, a stereo file one leg per channel (roles from ``--channels``, default
 ``customer,agent``). Files run concurrently through one :class:`ScoringEngine` (its batches
 mix windows of every file) and the same :class:`CallManager` legs as live calls, as fast as
 the model allows. Per call it writes ``<name>.json`` (summaries, escalations, scores) and
 ``<name>.png`` (timeline); for the batch ``calls.csv`` (one row per call) and
-``batch.json`` with the throughput in audio hours per wall-clock hour.
+``batch.json`` with the throughput in audio hours per wall-clock hour (and the files under the directories
+that were skipped as not WAV/FLAC).
 """
 from __future__ import annotations
 
@@ -79,17 +80,24 @@ class CallReport:
                            for e in self.of("score")]}
 
 
-def find_wavs(inputs: list[Path]) -> list[Path]:
-    """The WAV files named, and those under named directories (sorted); a missing path is a BatchError."""
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def find_audio(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The files named, and the WAV/FLAC files under named directories (sorted); second, the directories' other
+    files (skipped). A missing path is a BatchError."""
     found: list[Path] = []
+    skipped: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.suffix.lower() == ".wav" and q.is_file())
+            files = sorted(q for q in p.rglob("*") if q.is_file())
+            found += [q for q in files if q.suffix.lower() in AUDIO_SUFFIXES]
+            skipped += [q for q in files if q.suffix.lower() not in AUDIO_SUFFIXES]
         elif p.is_file():
             found.append(p)
         else:
             raise BatchError(f"{p}: no such file or directory")
-    return found
+    return found, skipped
 
 
 def load_channels(path: Path, roles: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -197,7 +205,8 @@ def plot_timeline(report: CallReport, path: Path, escalation: EscalationConfig) 
     fig.savefig(path)
 
 
-def write_rollup(reports: list[CallReport], out_dir: Path, wall_s: float, model: dict[str, Any]) -> dict[str, Any]:
+def write_rollup(reports: list[CallReport], out_dir: Path, wall_s: float, model: dict[str, Any],
+                 skipped: list[Path]) -> dict[str, Any]:
     """``calls.csv`` and ``batch.json`` (with throughput); returns the batch summary."""
     with open(out_dir / "calls.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
@@ -206,7 +215,8 @@ def write_rollup(reports: list[CallReport], out_dir: Path, wall_s: float, model:
     audio_s = sum(r.duration_s for r in reports if not r.error)
     summary = {"files": len(reports), "failed": sum(1 for r in reports if r.error),
                "audio_hours": round(audio_s / 3600, 4), "wall_s": round(wall_s, 2),
-               "throughput_audio_h_per_wall_h": round(audio_s / wall_s, 1) if wall_s > 0 else None, "model": model}
+               "throughput_audio_h_per_wall_h": round(audio_s / wall_s, 1) if wall_s > 0 else None, "model": model,
+               "skipped": [str(p) for p in skipped]}
     (out_dir / "batch.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -214,8 +224,8 @@ def write_rollup(reports: list[CallReport], out_dir: Path, wall_s: float, model:
 async def score_files(inputs: list[Path], out_dir: Path, config: Config, classifier: Classifier,
                       roles: tuple[str, ...] = ("customer", "agent"), jobs: int = 8,
                       progress: bool = True) -> dict[str, Any]:
-    """Score every WAV under ``inputs`` into ``out_dir``; returns the batch summary."""
-    paths = find_wavs(inputs)
+    """Score every WAV/FLAC file under ``inputs`` into ``out_dir``; returns the batch summary."""
+    paths, skipped = find_audio(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     scorer = BatchScorer(classifier, config, roles)
     started = time.monotonic()
@@ -238,7 +248,7 @@ async def score_files(inputs: list[Path], out_dir: Path, config: Config, classif
         finally:
             await scorer.engine.stop()
     model = {"name": classifier.name, "trained": classifier.trained}
-    return write_rollup(reports, out_dir, time.monotonic() - started, model)
+    return write_rollup(reports, out_dir, time.monotonic() - started, model, skipped)
 
 
 def _duration(path: Path) -> float:

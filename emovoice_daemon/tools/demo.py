@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,17 @@ def with_demo_agent(config: Config) -> Config:
     return dataclasses.replace(config, notifier=dataclasses.replace(config.notifier, agents=agents))
 
 
+def runnable(script: str) -> str:
+    """How to type one of this installation's commands here: its bare name when PATH finds this one, else its path
+    (relative to the working directory when below it, e.g. ``.venv/bin/emovoice-top`` in a checkout)."""
+    path = Path(sys.executable).parent / script
+    if not path.exists() or shutil.which(script) == str(path):
+        return script
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
 def banner(daemon: Daemon, calls: list[DemoCall]) -> None:
     info, api = daemon.model_info, daemon.api_address
     console.rule("[bold]EmoVoice demo")
@@ -97,11 +110,12 @@ def banner(daemon: Daemon, calls: list[DemoCall]) -> None:
             token = daemon.notifier.tokens.get(agent, daemon.api_token)
             console.print(f"Agent page   http://{api}/agent/#agent={agent}&token={token}", highlight=False, soft_wrap=True)
     if api:
-        console.print(f"Supervisor   emovoice-top --url http://{api} --token {daemon.api_token}", highlight=False,
-                      soft_wrap=True)
+        console.print(f"Supervisor   {runnable('emovoice-top')} --url http://{api} --token {daemon.api_token}",
+                      highlight=False, soft_wrap=True)
     if any(c.anger_at_s is not None for c in calls):
         console.print("[dim]Voices: CREMA-D actors (Cao et al. 2014, ODbL 1.0 / DbCL 1.0) the model never trained on; "
-                      "play your own recordings with: emovoice-daemon demo call1.wav call2.wav[/]")
+                      f"play your own recordings with: {runnable('emovoice-daemon')} demo call1.wav call2.wav[/]",
+                      highlight=False)
     console.rule()
 
 
@@ -121,6 +135,8 @@ def show(event: Event, names: dict[str, str]) -> None:
 
 async def _print_events(daemon: Daemon, names: dict[str, str]) -> None:
     async for event in daemon.bus.subscribe():
+        if event["type"] == "call.started" and event.get("meta", {}).get("name"):
+            names.setdefault(event["call_id"], str(event["meta"]["name"]))
         show(event, names)
 
 
@@ -130,8 +146,10 @@ async def _call_loop(daemon: Daemon, call: DemoCall, names: dict[str, str]) -> N
     while True:
         call_id = str(uuid.uuid4())
         names[call_id] = call.name
+        # its name and agent in call.started's meta: on the agent page, in emovoice-top and the history
+        daemon.calls.expect(call_id, {"name": call.name, **({"agent": call.agent} if call.agent else {})})
         if call.agent and daemon.notifier is not None:
-            daemon.notifier.bind(call_id, call.agent)
+            daemon.notifier.bind(call_id, call.agent)  # also when worker processes hold the calls
         await play_call(host, int(port), call.audio, call_id)
         await asyncio.sleep(1.0)
 

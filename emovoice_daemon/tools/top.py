@@ -72,6 +72,11 @@ class CallView:
         return self.legs.setdefault(role, LegView(role))
 
     @property
+    def label(self) -> str:
+        """The call's name from its meta (as the demo's console shows it), else the start of its id."""
+        return str(self.meta.get("name") or self.call_id[:8])
+
+    @property
     def severity(self) -> str:
         return max((leg.severity for leg in self.legs.values()), key=SEVERITY_RANK.__getitem__, default="")
 
@@ -207,7 +212,7 @@ def render(state: TopState, now: float) -> Group:
         style = {"alert": "bold white on red", "watch": "black on yellow"}.get(call.severity, "")
         marker = "▶" if call.call_id == state.selected else " "
         table.add_row(
-            "\n".join((marker + call.call_id[:8], *([" " + call.meta["site"]] if "site" in call.meta else []))),
+            "\n".join((marker + call.label, *([" " + call.meta["site"]] if "site" in call.meta else []))),
             str(call.meta.get("agent", "")), str(call.meta.get("caller", "")),
             _duration(end - call.started),
             "\n".join(_tagged(leg.role, leg.label if leg.label == "on hold" else f"{leg.label} {leg.prob:.2f}") for leg in legs),

@@ -99,6 +99,14 @@ async def test_bind_assigns_a_call_before_it_starts_and_agent_leg_escalations_ar
         ("call.started", "customer"), ("call.started", "agent"), ("escalation.raised", "customer")]
 
 
+async def test_hello_names_the_agents_live_calls(client, bus: EventBus) -> None:
+    start(bus, "c7", agent="1001", name="calm-then-angry")
+    ws = await connect(client, "1001", "tok-1001")
+    hello = await next_json(ws)
+    assert hello["calls"] == ["c7"] and hello["names"] == {"c7": "calm-then-angry"}
+    await ws.close()
+
+
 async def test_reconnecting_agent_gets_active_prompts_in_hello(client, agents: AgentNotifier, bus: EventBus) -> None:
     start(bus, "c1", agent="1001")
     raise_(bus, "c1")
@@ -168,6 +176,21 @@ async def test_page_shows_the_prompt_in_headless_chromium(client, bus: EventBus)
                                    duration_s=28))
         await browser.wait_for("!!document.querySelector('.prompt.cleared')")
         await browser.screenshot(ARTIFACTS / "agent_prompt_cleared.png")
+
+
+async def test_page_says_the_call_ended_not_that_the_caller_calmed_down(client, bus: EventBus) -> None:
+    async with Browser() as browser:
+        await browser.goto(str(client.make_url("/agent/")) + "#agent=1001&token=tok-1001")
+        await browser.wait_for("document.getElementById('status').textContent === 'agent 1001'")
+        start(bus, "call-44", agent="1001", name="calm-then-angry")
+        raise_(bus, "call-44", severity="alert")
+        await browser.wait_for("!!document.querySelector('.prompt.alert')")
+        assert await browser.js("document.getElementById('calls').textContent") == "calm-then-angry"  # its meta name
+        assert "call calm-then-angry" in await browser.js("document.querySelector('.prompt .meta').textContent")
+        bus.publish(bus.make_event("call.ended", "call-44", "mixed", reason="hangup", summary={}))
+        phrase = await browser.wait_for("document.querySelector('.prompt.ended .phrase')?.textContent")
+        assert phrase == "The call ended."
+        assert "calmer" not in await browser.js("document.getElementById('prompts').textContent")
 
 
 async def test_page_with_wrong_token_shows_login_form(client) -> None:

@@ -51,19 +51,24 @@ def test_check_config_reports_files_and_taken_ports_only_when_asked(tmp_path: Pa
         cli = [sys.executable, "-m", "emovoice_daemon.tools.cli", "check-config"]
         plain = subprocess.run([*cli, str(cfg)], capture_output=True, text=True, timeout=120)
         ports = subprocess.run([*cli, "--ports", str(cfg)], capture_output=True, text=True, timeout=120)
-    assert plain.returncode == 2 and f"{cfg}: api.token_file: cannot read {tmp_path}/none" in plain.stderr
+    assert plain.returncode == 2 and f"{cfg}:2: api.token_file: cannot read {tmp_path}/none" in plain.stderr
     assert "audiosocket.port" not in plain.stderr
     assert ports.returncode == 2 and f"audiosocket.port: cannot listen on 127.0.0.1:{port}" in ports.stderr
+
+
+def check_config(cfg: Path) -> subprocess.CompletedProcess[str]:
+    """``emovoice-daemon check-config cfg`` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.cli", "check-config", str(cfg)],
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_more_worker_processes_than_cores_is_a_problem_for_check_config(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"service: {{workers: 100000}}\nevents: {{log_path: {tmp_path}/e.jsonl}}\n"
                    f"history: {{path: {tmp_path}/h.sqlite3}}\n")
-    checked = subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.cli", "check-config", str(cfg)],
-                             capture_output=True, text=True, timeout=120)
+    checked = check_config(cfg)
     assert checked.returncode == 2, checked.stderr
-    assert f"{cfg}: service.workers: 100000 worker processes on " in checked.stderr
+    assert f"{cfg}:1: service.workers: 100000 worker processes on " in checked.stderr
     assert worker_problems(parse_config("service: {workers: auto}")) == []
     assert worker_problems(parse_config("service: {workers: 100000}\naudiosocket: {enabled: false}")) == []
 
@@ -73,3 +78,14 @@ def test_a_missing_nats_credentials_file_is_a_problem_when_jetstream_is_on(tmp_p
     assert file_problems(parse_config(text.replace("ENABLED", "false"))) == []
     assert [p for p in file_problems(parse_config(text.replace("ENABLED", "true"))) if "jetstream" in p] == [
         f"jetstream.credentials_file: cannot read {tmp_path}/none.creds: No such file or directory"]
+
+
+def test_check_config_reports_bad_values_and_unusable_files_together_with_their_lines(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"pipeline:\n  hop_s: -1\nmodel:\n  threads: 1\n  path: {tmp_path}/no-model\n"
+                   f"events: {{log_path: {tmp_path}/e.jsonl}}\nhistory: {{path: {tmp_path}/h.sqlite3}}\n")
+    done = check_config(cfg)
+    problems = done.stderr.splitlines()
+    assert done.returncode == 2 and problems[-1] == "configuration cannot start: 2 problem(s)", done.stderr
+    assert problems[0] == f"{cfg}:2: pipeline.hop_s: must be > 0"
+    assert problems[1].startswith(f"{cfg}:5: model.path: {tmp_path}/no-model: model directory does not exist")

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from emovoice_daemon.config import Config
-from emovoice_daemon.tools.batch import BatchError, find_wavs, load_channels, score_files, unique_names
+from emovoice_daemon.tools.batch import BatchError, find_audio, load_channels, score_files, unique_names
 
 from tests.support.scripted_daemon import SCRIPTED_SITE
 from tests.support.scripted import ToneClassifier, tone_call
@@ -64,7 +64,7 @@ async def test_batch_scores_mono_and_stereo_and_reports_a_broken_file(calls_dir:
 
 def test_batch_rejects_missing_paths_and_wrong_channel_counts(tmp_path: Path) -> None:
     with pytest.raises(BatchError, match="no such file or directory"):
-        find_wavs([tmp_path / "nope"])
+        find_audio([tmp_path / "nope"])
     three = tmp_path / "three.wav"
     sf.write(three, np.zeros((8000, 3), dtype=np.int16), 8000)
     with pytest.raises(BatchError, match="3 channels; expected mono or 2"):
@@ -74,6 +74,17 @@ def test_batch_rejects_missing_paths_and_wrong_channel_counts(tmp_path: Path) ->
 def test_unique_names_disambiguate_equal_stems() -> None:
     paths = [Path("a/x/call.wav"), Path("b/y/call.wav"), Path("c/other.wav")]
     assert unique_names(paths) == ["a__x__call", "b__y__call", "other"]
+
+
+async def test_batch_scores_flac_and_names_what_it_skipped(tmp_path: Path) -> None:
+    calls = tmp_path / "flac"
+    calls.mkdir()
+    sf.write(calls / "upset.flac", tone_call([("calm", 20), ("angry", 20)]), 8000, subtype="PCM_16")
+    (calls / "notes.txt").write_text("not audio")
+    summary = await score_files([calls], tmp_path / "qa", Config(), ToneClassifier(), progress=False)
+    assert summary["files"] == 1 and summary["failed"] == 0
+    assert json.loads((tmp_path / "qa" / "upset.json").read_text())["legs"]["mixed"]["escalations"] == 1
+    assert summary["skipped"] == [str(calls / "notes.txt")]
 
 
 def test_score_cli_writes_reports_and_prints_throughput(calls_dir: Path, tmp_path: Path) -> None:
@@ -92,3 +103,31 @@ def test_score_cli_writes_reports_and_prints_throughput(calls_dir: Path, tmp_pat
     usage = subprocess.run([sys.executable, "-m", "emovoice_daemon.tools.cli", "score", str(calls_dir), "--channels", "a,b"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert usage.returncode == 2 and "expected customer,agent" in usage.stderr
+
+
+def test_site_statistics_default_to_the_state_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from emovoice_daemon.config import ModelConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert ModelConfig().site_stats_path == str(tmp_path / "xdg" / "emovoice" / "site-stats.npz")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/emovoice")  # the systemd unit's StateDirectory=
+    assert ModelConfig().site_stats_path == "/var/lib/emovoice/site-stats.npz"
+
+
+def test_score_leaves_the_live_site_statistics_alone_unless_asked(tmp_path: Path) -> None:
+    from emovoice_daemon.tools import cli
+    from tests.scoring.test_whisper import tiny_encoder_dir, tiny_head_dir
+
+    head = tiny_head_dir(tmp_path / "head", tiny_encoder_dir(tmp_path / "enc"))  # a model that adapts to the line
+    live = tmp_path / "live-site-stats.npz"
+    (tmp_path / "config.yaml").write_text(f"model: {{path: {head}, site_stats_path: {live}}}\n")
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    sf.write(calls / "call.wav", tone_call([("calm", 6), ("angry", 6)]), 8000, subtype="PCM_16")
+    args = ["score", str(calls), "-c", str(tmp_path / "config.yaml"), "--jobs", "1"]
+    assert cli.main([*args, "-o", str(tmp_path / "qa")]) == 0
+    assert not live.exists()
+    assert cli.main([*args, "-o", str(tmp_path / "qa2"), "--site-stats", str(live)]) == 0
+    assert live.is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +51,11 @@ def test_bundled_demo_names_its_calls_and_links_the_agent_page_and_emovoice_top(
     out = run_demo(tmp_path, "--calls", "2", "--duration", "40")  # the angry call's alert comes at 14 s of its audio
     assert "calm-throughout: a calm caller" in out and "calm-then-angry: calm, then increasingly angry" in out
     assert re.search(r"Agent page   http://127\.0\.0\.1:\d+/agent/#agent=201&token=\S+", out), out
-    assert re.search(r"Supervisor   emovoice-top --url http://127\.0\.0\.1:\d+ --token \S+", out), out
+    top = re.search(r"Supervisor   (\S+) --url http://127\.0\.0\.1:\d+ --token \S+", out)
+    assert top and Path(top[1]).name == "emovoice-top" and shutil.which(top[1]), out  # runnable as printed
+    started = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines() if '"call.started"' in line]
+    assert {(e["meta"]["name"], e["meta"].get("agent")) for e in started} == {("calm-throughout", None),
+                                                                               ("calm-then-angry", "201")}
     assert "espeak" not in out and "CREMA-D" in out
     assert re.search(r"^calm-then-angry +escalation\.raised alert", out, re.M), out
     assert not re.search(r"^calm-throughout +escalation", out, re.M), out

@@ -1,8 +1,10 @@
 """emovoice-top's state and rendering, from scripted events."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 
 from rich.console import Console
 
@@ -112,3 +114,14 @@ def test_a_leg_on_hold_says_so_until_speech_is_back() -> None:
     state.apply(bus.make_event("call.hold", "held", "customer", on_hold=False, at=40.0))
     state.apply(score(bus, "held", "customer", 41.0, 0.1, 0.15))
     assert "cust  NEUTRAL 0.90" in screen(state, state.calls["held"].started + 45)
+
+
+def test_a_call_with_a_name_in_its_meta_shows_its_name_and_agent() -> None:
+    bus, state = EventBus(), TopState()
+    state.apply(bus.make_event("call.started", "5f0c1d2e-aaaa-bbbb-cccc-000000000001", "mixed", source="audiosocket",
+                               meta={"name": "calm-then-angry", "agent": "201"}, model={}))
+    state.apply(bus.make_event("call.started", "9e8d7c6b-aaaa-bbbb-cccc-000000000002", "mixed", source="audiosocket",
+                               meta={}, model={}))
+    text = screen(state, time.time())
+    assert re.search(r"calm-then-angry\s+│?\s*201", text), text  # the demo's name, as its console prints it
+    assert "9e8d7c6b" in text and "5f0c1d2e" not in text

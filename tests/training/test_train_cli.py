@@ -23,3 +23,20 @@ def test_evaluate_command_scores_an_exported_model(tmp_path: Path, capsys: pytes
 def test_run_rejects_missing_config(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         main(["run", "--config", str(tmp_path / "nope.yaml")])
+
+
+def test_run_with_too_few_callers_says_in_one_line_what_to_change(tmp_path: Path) -> None:
+    rows = ["path,label,speaker"]
+    for speaker in range(8):  # docs/own-data.md's example folds 4, val_fraction 0.1 need 14
+        for n, label in enumerate(("angry", "neutral", "satisfied")):
+            write(tmp_path / "clips" / f"{speaker}_{n}.wav", synth("tone", 1.0, 8000, speaker * 3 + n), 8000)
+            rows.append(f"clips/{speaker}_{n}.wav,{label},caller{speaker}")
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    config = Path(__file__).resolve().parents[2] / "training" / "configs" / "own-calls.yaml"
+    corpus = f"[{{kind: csv, path: {tmp_path / 'clips.csv'}, label_map: {{angry: NEGATIVE, neutral: NEUTRAL, satisfied: POSITIVE}}}}]"
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--config", str(config), "--set", f"train_corpora={corpus}", "--set", f"output_dir={tmp_path / 'run'}",
+              "--set", f"cache_dir={tmp_path / 'cache'}"])
+    message = str(stopped.value.code)
+    assert "\n" not in message and message.startswith("emovoice-train: 8 speakers (callers) are too few")
+    assert "14 speakers are needed" in message and "evaluation.folds" in message

@@ -26,3 +26,13 @@ def test_own_calls_example_writes_under_runs_and_never_over_the_shipped_model() 
     cfg = load_config(Path(__file__).resolve().parents[2] / "training" / "configs" / "own-calls.yaml")
     assert [spec.kind for spec in cfg.train_corpora] == ["csv"]
     assert cfg.output_dir == Path("runs/own-calls") and cfg.export_dir == Path("runs/own-calls/model")
+
+
+def test_the_training_cache_is_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for path in CONFIGS:  # no example config pins a cache shared by every user of the machine
+        assert load_config(path).cache_dir == tmp_path / "xdg" / "emovoice" / "training", path.name
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load_config(CONFIGS[0]).cache_dir == tmp_path / "home" / ".cache" / "emovoice" / "training"
+    assert load_config(CONFIGS[0], {"cache_dir": None}).cache_dir is None  # null: no cache

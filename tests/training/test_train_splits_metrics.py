@@ -8,7 +8,8 @@ from training.calibration import fit_temperature, softmax
 from training.corpora import Utterance
 from training.metrics import classification_report, confusion_matrix, expected_calibration_error, plot_confusion
 from training.operating_point import recall_bias
-from training.splits import assign_speaker_folds, holdout_speakers, speaker_folds
+from training.splits import (TooFewSpeakers, assign_speaker_folds, check_speakers, holdout_speakers, min_speakers,
+                             speaker_folds)
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
 
@@ -106,3 +107,18 @@ def test_recall_bias_reaches_target() -> None:
 def test_confusion_png(tmp_path: Path) -> None:
     plot_confusion(np.array([[5, 1, 0], [2, 3, 1], [0, 0, 4]]), LABELS, tmp_path / "cm.png", "test")
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("folds, val_fraction, needed", [(4, 0.1, 14), (2, 0.5, 4), (5, 0.2, 7)])
+def test_min_speakers_is_the_real_minimum(folds: int, val_fraction: float, needed: int) -> None:
+    assert min_speakers(folds, val_fraction) == needed
+
+    def split_all(n: int) -> None:
+        utts = corpus(n_male=n - n // 2, n_female=n // 2, clips=3)
+        check_speakers(utts, folds, val_fraction)
+        for k, (train, _) in enumerate(speaker_folds(utts, folds, seed=0)):
+            holdout_speakers([utts[i] for i in train], val_fraction, seed=k)
+
+    split_all(needed)
+    with pytest.raises(TooFewSpeakers, match=f"{needed - 1} speakers .* {needed} speakers are needed"):
+        split_all(needed - 1)

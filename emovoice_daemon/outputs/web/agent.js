@@ -6,6 +6,7 @@
 const CLEARED_VISIBLE_MS = 8000;
 const prompts = new Map();  // call_id + role -> element
 const liveCalls = new Set();
+const names = new Map();  // call_id -> its name (meta.name), shown instead of the id
 let retryMs = 1000;
 
 function credentials() {
@@ -22,8 +23,12 @@ function setStatus(text, online) {
   el.className = "status " + (online ? "online" : "offline");
 }
 
+function callName(callId) {
+  return names.get(callId) || callId;
+}
+
 function renderCalls() {
-  document.getElementById("calls").textContent = liveCalls.size ? [...liveCalls].join(", ") : "none";
+  document.getElementById("calls").textContent = liveCalls.size ? [...liveCalls].map(callName).join(", ") : "none";
   document.getElementById("idle").hidden = prompts.size > 0;
 }
 
@@ -42,32 +47,40 @@ function showPrompt(ev) {
   el.querySelector(".severity").textContent = ev.severity === "alert" ? "Alert" : "Watch";
   el.querySelector(".phrase").textContent = ev.phrase || ev.reason;
   el.querySelector(".meta").textContent =
-    ev.reason + " - call " + ev.call_id + " - since " + new Date(ev.ts * 1000).toLocaleTimeString();
+    ev.reason + " - call " + callName(ev.call_id) + " - since " + new Date(ev.ts * 1000).toLocaleTimeString();
   renderCalls();
 }
 
-function clearPrompt(ev) {
+// A prompt goes when the caller calms down (escalation.cleared) or the call ends (call.ended: no word on
+// how the caller sounded then). The page says which.
+function clearPrompt(ev, ended) {
   const key = ev.call_id + ":" + ev.role;
   const el = prompts.get(key);
   if (!el) return;
-  el.className = "prompt cleared";
-  el.querySelector(".severity").textContent = "Calmer";
-  el.querySelector(".phrase").textContent = "The caller sounds calmer.";
+  clearTimeout(el.dataset.timer);
+  el.className = "prompt " + (ended ? "ended" : "cleared");
+  el.querySelector(".severity").textContent = ended ? "Call ended" : "Calmer";
+  el.querySelector(".phrase").textContent = ended ? "The call ended." : "The caller sounds calmer.";
   el.dataset.timer = setTimeout(() => { el.remove(); prompts.delete(key); renderCalls(); }, CLEARED_VISIBLE_MS);
 }
 
 function handle(ev) {
   switch (ev.type) {
     case "hello":
+      Object.entries(ev.names || {}).forEach(([c, name]) => names.set(c, name));
       ev.calls.forEach((c) => liveCalls.add(c));
       ev.active.forEach(showPrompt);
       break;
-    case "call.started": liveCalls.add(ev.call_id); break;
+    case "call.started":
+      if (ev.meta && ev.meta.name) names.set(ev.call_id, ev.meta.name);
+      liveCalls.add(ev.call_id);
+      break;
     case "escalation.raised": showPrompt(ev); break;
-    case "escalation.cleared": clearPrompt(ev); break;
+    case "escalation.cleared": clearPrompt(ev, false); break;
     case "call.ended":
       liveCalls.delete(ev.call_id);
-      clearPrompt(ev);
+      clearPrompt(ev, true);
+      names.delete(ev.call_id);
       break;
   }
   renderCalls();

@@ -136,7 +136,11 @@ class ModelConfig:
     threads: int = _f(0, non_negative, "CPU threads for inference; 0 = one per 4 usable cores, at least 1")
     quantize_int8: bool = _f(False, doc="int8 dynamic quantisation of linear layers (CPU)")
     label_map: dict[str, str] = _f({}, doc="model label -> NEGATIVE/NEUTRAL/POSITIVE")
-    adapt: bool = _f(True, doc="encoder models: standardise features by the site's and the leg's statistics")
+    adapt: bool = _f(True, doc="encoder models: centre features on the site's mean (learnt from its calls)")
+    adapt_site_variance: bool = _f(False, doc="also scale by the site's variance (off: a site of few voices has a "
+                                   "narrow variance that inflates every difference between speakers)")
+    adapt_leg_cap: float = _f(0.0, probability, "share of the site mean a leg's own mean may replace (0: none; a "
+                              "caller angry for minutes would otherwise be judged against their own anger)")
     site_stats_path: str = field(default_factory=lambda: str(state_dir() / "site-stats.npz"), metadata={
         "check": None, "doc": "where the site statistics persist ('' = not kept); default: in the state directory"})
 

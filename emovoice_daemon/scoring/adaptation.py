@@ -1,12 +1,13 @@
-"""Adaptation to the line: the encoder model's features standardised by statistics the daemon learns.
+"""Adaptation to the line: the encoder model's features centred on statistics the daemon learns.
 
-* **Site** statistics: a running mean and variance over every window the daemon scores (all legs),
+* **Site** statistics: a running mean (and variance) over every window the daemon scores (all legs),
   starting from the model's training statistics, remembering about ``site_memory`` windows, and saved
-  to ``state_path`` (loaded again at start), so a restart keeps what the site taught it.
-* **Leg** statistics: the running mean of the leg's own windows, blended into the site mean with weight
-  ``n / (n + leg_prior)`` for ``n`` windows heard, capped at ``leg_cap``. A new leg is judged against the
-  site alone, so a caller angry from the first second is still caught; the cap keeps a leg that is angry
-  throughout from being normalised into calm.
+  to ``state_path`` (loaded again at start), so a restart keeps what the site taught it. Features are
+  centred on the site mean and scaled by the *training* spread (``site_variance`` False, the default): a
+  site of few voices has a narrow variance that would inflate every difference between speakers.
+* **Leg** statistics (``leg_cap`` > 0; off by default): the running mean of the leg's own windows, blended
+  into the site mean with weight ``n / (n + leg_prior)`` for ``n`` windows heard, capped at ``leg_cap``.
+  Off because at call level it pulls a caller who stays angry toward their own average (docs/training.md).
 
 A window is judged against the statistics from before it, then added to them. The site statistics are
 saved when a leg closes and every ``save_every`` windows. ``normalise`` runs in the inference thread and
@@ -48,12 +49,14 @@ def leg_weight(windows: float, prior: float, cap: float) -> float:
 
 
 class LineAdapter:
-    """Standardises feature vectors per leg with site statistics blended with the leg's own mean."""
+    """Centres feature vectors on the site's mean (blended with the leg's own mean when ``leg_cap`` > 0)."""
 
     def __init__(self, prior_mean: np.ndarray, prior_std: np.ndarray, state_path: Path | None = None,
                  prior_windows: float = 200.0, site_memory: float = 20000.0, leg_prior: float = 20.0,
-                 leg_cap: float = 0.5, save_every: int = 1000) -> None:
+                 leg_cap: float = 0.0, save_every: int = 1000, site_variance: bool = False) -> None:
         self.site_memory, self.leg_prior, self.leg_cap, self.save_every = site_memory, leg_prior, leg_cap, save_every
+        self.site_variance = site_variance
+        self.prior_var = np.square(np.asarray(prior_std, np.float64))
         self.state_path = state_path
         self._lock = threading.Lock()
         self._unsaved = 0
@@ -111,7 +114,7 @@ class LineAdapter:
         own = self.legs.get(leg)
         if own is not None:
             mean = mean + leg_weight(own.count, self.leg_prior, self.leg_cap) * (own.mean - mean)
-        z = (x - mean) / np.sqrt(self.site.var + 1e-8)
+        z = (x - mean) / np.sqrt((self.site.var if self.site_variance else self.prior_var) + 1e-8)
         if own is None:
             self.legs[leg] = Running(x.copy(), np.zeros_like(x), 1.0)
         else:

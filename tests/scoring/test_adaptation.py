@@ -68,3 +68,15 @@ def test_periodic_save(tmp_path: Path) -> None:
     assert not a.state_path.exists()
     a.normalise(["x"], np.ones((1, F)))
     assert a.state_path.exists()
+
+
+def test_by_default_the_site_centres_but_never_narrows_the_scale_nor_absorbs_a_leg() -> None:
+    """A site of few, similar voices (spread 0.1) must not inflate their differences tenfold, and a caller who
+    stays angry (offset 2 above the site) keeps that offset however long the call."""
+    a = adapter(prior_windows=10, site_memory=1000)
+    rng = np.random.default_rng(1)
+    for i in range(500):
+        a.normalise([f"calm{i}"], rng.normal(5.0, 0.1, (1, F)))
+    assert np.allclose(a.normalise(["probe"], np.full((1, F), 5.3)), 0.3, atol=0.05)  # scaled by the model's std 1
+    z = [float(a.normalise(["angry"], np.full((1, F), 7.0)).mean()) for _ in range(100)]
+    assert z[-1] > 1.8  # still about 2: the leg's own mean is not blended in

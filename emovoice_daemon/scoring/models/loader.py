@@ -270,7 +270,8 @@ def _adapter(model: torch.nn.Module, cfg: ModelConfig) -> LineAdapter | None:
     if not cfg.adapt or not hasattr(model, "pooled_features"):
         return None
     return LineAdapter(model.feature_mean.numpy(), model.feature_std.numpy(),
-                       Path(cfg.site_stats_path).expanduser() if cfg.site_stats_path else None)
+                       Path(cfg.site_stats_path).expanduser() if cfg.site_stats_path else None,
+                       leg_cap=cfg.adapt_leg_cap, site_variance=cfg.adapt_site_variance)
 
 
 def placeholder_model() -> torch.nn.Module:

@@ -193,7 +193,8 @@ class EscalationConfig:
     clear_duration_s: float = _f(3.0, non_negative, "seconds below 'exit' before clearing")
     cooldown_s: float = _f(30.0, non_negative, "no new escalation this long after a clear")
     trend_window_s: float = _f(30.0, positive, "look-back of the rising-trend rule")
-    trend_rise: float = _f(0.25, probability, "rise within trend_window_s that raises a watch; 0 = off")
+    trend_rise: float = _f(0.0, probability, "rise within trend_window_s that raises a watch; 0 = off (it fired on "
+                           "70-100 % of calm calls: docs/training.md)")
     profiles: dict[str, dict] = _f({}, escalation_profiles, "per queue/tenant overrides, by meta queue or tenant")
     given: frozenset[str] = field(default=frozenset(), compare=False, metadata={"internal": True})  # keys the file set
 

@@ -39,7 +39,7 @@ def run_demo(tmp_path: Path, *args: str) -> str:
 def test_demo_plays_a_recording_through_the_daemon_and_prints_its_events(tmp_path: Path) -> None:
     wav = espeak("Hello. I am calling about my order, it has not arrived yet.", tmp_path / "my_call.wav")
     out = run_demo(tmp_path, "--duration", "10", str(wav))
-    assert "Model        default (trained)" in out and "Calls        my_call: your recording my_call.wav" in out
+    assert "Model        encoder (trained)" in out and "Calls        my_call: your recording my_call.wav" in out
     assert "CREMA-D" not in out  # the note is about the bundled calls only
     for line in ("my_call          call.started", "-> ", "call.ended eof"):
         assert line in out, out

@@ -75,16 +75,16 @@ def test_moderate_negative_raises_watch_then_upgrades_to_alert() -> None:
 
 def test_rising_trend_raises_watch_before_enter() -> None:
     ramp = [0.1 + 0.45 * i / 40 for i in range(41)]  # 0.10 -> 0.55 over 40 s, never reaches enter
-    transitions, smoothed = run(EscalationConfig(), [0.1] * 10 + ramp + [0.55] * 10)
+    transitions, smoothed = run(EscalationConfig(trend_rise=0.25), [0.1] * 10 + ramp + [0.55] * 10)
     assert max(smoothed) < EscalationConfig().enter
     assert kinds(transitions) == [("raised", "watch")]
     assert transitions[0].reason == "frustration increasing"
 
 
-def test_trend_rule_off_when_trend_rise_is_zero() -> None:
+def test_trend_rule_is_off_by_default() -> None:
     ramp = [0.1 + 0.45 * i / 40 for i in range(41)]
-    transitions, _ = run(EscalationConfig(trend_rise=0), [0.1] * 10 + ramp + [0.55] * 10)
-    assert transitions == []
+    transitions, _ = run(EscalationConfig(), [0.1] * 10 + ramp + [0.55] * 10)
+    assert transitions == [] and EscalationConfig().trend_rise == 0
 
 
 def test_median_smoothing_ignores_isolated_outliers() -> None:

@@ -222,7 +222,7 @@ def _config_dict(config: Config) -> dict[str, Any]:
     """The config as the worker re-parses it: internal fields left out, a section that records the keys its file
     gave (``given``) with only those, so the worker resolves the others as the main process did."""
     return {"source": config.source, **{f.name: _section_dict(getattr(config, f.name))
-                                        for f in dataclasses.fields(Config) if f.name != "source"}}
+                                        for f in dataclasses.fields(Config) if not f.metadata.get("internal")}}
 
 
 def _section_dict(section: Any) -> dict[str, Any]:

@@ -88,7 +88,7 @@ async def test_reload_applies_escalation_to_live_and_new_legs(tmp_path: Path) ->
     await daemon.start()
     try:
         live = daemon.calls.start_leg("call-1", "mixed", "audiosocket", {})
-        assert live.policy.cfg.enter == 0.6
+        assert live.policy.cfg.enter == daemon.classifier.escalation["enter"]  # the model's own, the config sets none
         write_config(cfg_path, audiosocket={"port": 0}, api={"port": 0, "token": "t"},
                      events={"log_path": str(tmp_path / "events.jsonl")}, history={"path": str(tmp_path / "h.sqlite3")},
                      escalation={"enter": 0.8, "alert": 0.9}, notifier={"phrases": {"watch": "calm down"}})

@@ -31,7 +31,7 @@ from emovoice_daemon.outputs.events import Event
 
 log = logging.getLogger(__name__)
 
-AGENT_EVENTS = ("call.started", "escalation.raised", "escalation.cleared", "call.ended")
+AGENT_EVENTS = ("call.started", "call.hold", "escalation.raised", "escalation.cleared", "call.ended")
 BIND_EVENT = "call.agent"
 AUTH_TIMEOUT_S = 10.0
 AGENT_QUEUE = 256

@@ -193,6 +193,18 @@ async def test_page_says_the_call_ended_not_that_the_caller_calmed_down(client, 
         assert "calmer" not in await browser.js("document.getElementById('prompts').textContent")
 
 
+async def test_page_says_when_the_caller_is_on_hold(client, bus: EventBus) -> None:
+    async with Browser() as browser:
+        await browser.goto(str(client.make_url("/agent/")) + "#agent=1001&token=tok-1001")
+        await browser.wait_for("document.getElementById('status').textContent === 'agent 1001'")
+        start(bus, "call-45", agent="1001", name="held")
+        await browser.wait_for("document.getElementById('calls').textContent === 'held'")
+        bus.publish(bus.make_event("call.hold", "call-45", "mixed", on_hold=True, at=12.0))
+        await browser.wait_for("document.getElementById('calls').textContent === 'held (on hold)'")
+        bus.publish(bus.make_event("call.hold", "call-45", "mixed", on_hold=False, at=30.0))
+        await browser.wait_for("document.getElementById('calls').textContent === 'held'")
+
+
 async def test_page_with_wrong_token_shows_login_form(client) -> None:
     async with Browser() as browser:
         await browser.goto(str(client.make_url("/agent/")) + "#agent=1001&token=wrong")

@@ -7,6 +7,7 @@ const CLEARED_VISIBLE_MS = 8000;
 const prompts = new Map();  // call_id + role -> element
 const liveCalls = new Set();
 const names = new Map();  // call_id -> its name (meta.name), shown instead of the id
+const onHold = new Set();  // calls whose caller's leg carries only music or tones (call.hold)
 let retryMs = 1000;
 
 function credentials() {
@@ -24,7 +25,7 @@ function setStatus(text, online) {
 }
 
 function callName(callId) {
-  return names.get(callId) || callId;
+  return (names.get(callId) || callId) + (onHold.has(callId) ? " (on hold)" : "");
 }
 
 function renderCalls() {
@@ -75,12 +76,14 @@ function handle(ev) {
       if (ev.meta && ev.meta.name) names.set(ev.call_id, ev.meta.name);
       liveCalls.add(ev.call_id);
       break;
+    case "call.hold": if (ev.on_hold) onHold.add(ev.call_id); else onHold.delete(ev.call_id); break;
     case "escalation.raised": showPrompt(ev); break;
     case "escalation.cleared": clearPrompt(ev, false); break;
     case "call.ended":
       liveCalls.delete(ev.call_id);
       clearPrompt(ev, true);
       names.delete(ev.call_id);
+      onHold.delete(ev.call_id);
       break;
   }
   renderCalls();

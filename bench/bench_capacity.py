@@ -7,7 +7,7 @@ config file: that many worker processes, ``model.threads``, the shipped model or
 For each level, ``N`` calls of human speech (CREMA-D actors, concatenated, when ``--speech`` is
 there, else the bundled sample calls) are played in real time by generator processes
 (``bench/callgen.py``: byte-faithful frames every 20 ms, starts spread over one hop). Printed per
-level: windows scored (of those the VAD passes), lag p50/p95/max as the engine measures it
+level: windows answered (scored, or found without speech by the speech gate; of those the VAD passes), lag p50/p95/max as the engine measures it
 (``lag_ms``) and end to end (from the generator handing the window's last byte to the kernel to the
 score arriving on ``/events``), overload skips, the daemon's CPU (all its processes) and peak RSS,
 the generators' CPU and pacing error (a frame's last byte taken by the kernel minus when it was due), and
@@ -113,10 +113,11 @@ def _rss(pid: int) -> int:
 class Daemon:
     """``emovoice-daemon run -c config.yaml`` under a fake systemd notify socket."""
 
-    def __init__(self, workdir: Path, workers: int | str, model: str, threads: int) -> None:
+    def __init__(self, workdir: Path, workers: int | str, model: str, threads: int, gate: bool = True) -> None:
         self.as_port, self.api_port = _free_port(), _free_port()
         config = {"audiosocket": {"port": self.as_port}, "api": {"port": self.api_port, "token": TOKEN},
                   "model": {"path": model, "threads": threads}, "service": {"workers": workers},
+                  "pipeline": {"speech_gate": gate},
                   "events": {"log_path": str(workdir / f"events-{workers}.jsonl")},
                   "history": {"path": str(workdir / f"history-{workers}.sqlite3")}}
         self.config_path = workdir / f"config-{workers}.yaml"
@@ -252,9 +253,10 @@ async def run_level(daemon: Daemon, n: int, audio: list[list[bytes]], voiced: li
     e2e = [1000 * (arrived - sent_at[ev["call_id"]][_last_frame(ev["window"]["end"])]) for arrived, ev in seen.scores]
     expected = sum(len(voiced[index[cid]]) for cid in ids)
     skipped = sum(ev["summary"]["windows_skipped"] for ev in seen.ended.values())
+    nonspeech = sum(ev["summary"].get("windows_nonspeech", 0) for ev in seen.ended.values())  # the speech gate's
     windows = len(range(int(args.window_s * RATE), args.seconds * RATE + 1, int(hop * RATE)))
     silent = sum(windows - len(voiced[index[c]]) for c in seen.ended)
-    return Level(n, len(seen.scores) / max(expected, 1), expected, skipped - silent,
+    return Level(n, (len(seen.scores) + nonspeech) / max(expected, 1), expected, skipped - silent - nonspeech,
                  np.array([ev["lag_ms"] for _, ev in seen.scores]), np.array(e2e), (cpu1 - cpu0) / wall, rss[0],
                  sum(r.cpu_s for r in results) / wall, 1000 * np.concatenate([r.lateness_s for r in results]),
                  load, errors)
@@ -277,7 +279,7 @@ def _last_frame(end_s: float) -> int:
 
 async def leg(workers: int | str, audio: list[list[bytes]], voiced: list[list[int]], args, workdir: Path) -> int:
     """One daemon with ``workers``: every level until two fail; returns the capacity (see :func:`capacity`)."""
-    daemon = Daemon(workdir, workers, args.model, args.threads)
+    daemon = Daemon(workdir, workers, args.model, args.threads, not args.no_speech_gate)
     outcomes: list[tuple[int, bool]] = []
     try:
         await run_level(daemon, 4, [a[:250] for a in audio], voiced, args)  # warm-up: 5 s calls, not reported
@@ -302,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=lambda p: str(Path(p).resolve()) if p else "", default="",
                         help="model directory (default: the shipped model)")
     parser.add_argument("--threads", type=int, default=1, help="model.threads of the daemon (per worker)")
+    parser.add_argument("--no-speech-gate", action="store_true", help="run the daemon with pipeline.speech_gate off")
     parser.add_argument("--generators", type=int, default=1, help="generator processes")
     parser.add_argument("--speech", type=Path, default=SPEECH, help="CREMA-D AudioWAV directory")
     parser.add_argument("--distinct", type=int, default=16, help="distinct call recordings (cycled)")

@@ -76,9 +76,11 @@ def file_calls(paths: list[Path]) -> list[DemoCall]:
 
 
 def with_demo_agent(config: Config) -> Config:
-    """The config with a token for the demo agent (kept if the config already has one)."""
+    """The config with a token for the demo agent (kept if the config already has one) and site statistics kept
+    in memory only: the demo's looped calls never teach the machine's live site (``model.site_stats_path``)."""
     agents = {DEMO_AGENT: secrets.token_urlsafe(16), **config.notifier.agents}
-    return dataclasses.replace(config, notifier=dataclasses.replace(config.notifier, agents=agents))
+    return dataclasses.replace(config, notifier=dataclasses.replace(config.notifier, agents=agents),
+                               model=dataclasses.replace(config.model, site_stats_path=""))
 
 
 def runnable(script: str) -> str:

@@ -17,7 +17,7 @@ import yaml
 from emovoice_daemon.config import Config
 from emovoice_daemon.scoring.models.loader import load_classifier
 from emovoice_daemon.tools.batch import score_files
-from emovoice_daemon.tools.demo import ALERT_WITHIN_S, bundled_calls
+from emovoice_daemon.tools.demo import ALERT_WITHIN_S, bundled_calls, with_demo_agent
 from tests.conftest import espeak, free_port
 
 
@@ -103,3 +103,11 @@ def test_ctrl_c_during_start_up_exits_cleanly(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode in (0, 130, -signal.SIGINT), out[-3000:]  # -SIGINT: as a shell reports Ctrl-C
         assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+
+
+def test_the_demo_never_teaches_the_live_site_statistics() -> None:
+    config = Config()
+    assert config.model.site_stats_path  # the daemon keeps what its site taught it ...
+    demo = with_demo_agent(config)
+    assert demo.model.site_stats_path == "" and demo.model.path == config.model.path  # ... the demo's loops do not
+    assert "201" in demo.notifier.agents

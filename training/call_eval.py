@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,7 @@ class FeatureMemo:
         if not self._added:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{hashlib.sha1(str(id(self)).encode()).hexdigest()[:8]}.tmp.npz")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.npz")  # one writer per process, then renamed
         np.savez(tmp, keys=np.array([np.frombuffer(k, np.uint8) for k in self.table]), feats=np.stack(list(self.table.values())))
         tmp.replace(self.path)
         self._added = 0

@@ -2,7 +2,8 @@
 
 Each leg keeps the last ``window_s`` of its audio (8 kHz for the VAD, model rate for the
 model, resampled with one :class:`StreamResampler` per leg). Every ``hop_s`` a window is
-due: silent ones (VAD) are answered at once, the others queue in arrival order. One
+due: silent ones (VAD) are answered at once, the others queue in arrival order; in the inference thread the
+speech gate (:mod:`.speech`) answers ``nonspeech`` for those without human speech before the model runs. One
 worker takes up to ``max_batch`` of them (waiting at most ``max_wait_ms`` to fill a batch)
 and runs the model in a dedicated thread; HuBERT/wav2vec2-shaped models use the streaming
 front-end (:mod:`.streaming`). Results reach ``on_result`` on the event loop, in order per

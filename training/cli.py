@@ -73,6 +73,8 @@ def cmd_calls(args: argparse.Namespace) -> None:
     from training.heldout import corpus_speakers, load_call_corpus
     from training.line_conditions import IMPAIRMENTS, impaired, no_caller_calls
 
+    if args.choose and args.speakers != "val":
+        raise SystemExit("emovoice-train calls --choose: settings are chosen on validation speakers: add --speakers val")
     torch.set_num_threads(args.threads)
     config, classifier = _daemon_model(args)
     config.escalation = with_model_defaults(config.escalation, classifier.escalation)
@@ -98,7 +100,7 @@ def cmd_calls(args: argparse.Namespace) -> None:
         outcomes = run(name, calls)
         rows[name] = call_metrics(outcomes)
         print(f"{name}: misses {', '.join(misses(rows[name])) or 'none'}", flush=True)
-        if args.choose:
+        if args.choose and kind == "cremad":  # settings are chosen on CREMA-D's validation actors only
             _choose(outcomes, config, classifier, args.choose)
         if args.line_conditions and kind == args.corpus[0].partition("=")[0]:
             ramps = [c for c in calls if c.kind == "calm_angry"]

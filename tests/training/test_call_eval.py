@@ -78,3 +78,12 @@ def test_misses_names_each_target_missed() -> None:
     m = {"calm_alert_pct": 20.0, "calm_any_pct": 10.0, "ramp_detected_pct": 80.0, "ramp_delay_median_s": 5.0,
          "ramp_alert_before_onset_pct": 0.0, "angry_within_15s_pct": 90.0}
     assert misses(m) == ["calm_alert_pct 20.0 (<= 10.0)", "ramp_detected_pct 80.0 (>= 85.0)"]
+
+
+def test_choosing_settings_on_test_speakers_is_refused() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "training.cli", "calls", "--choose", "x.json"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "add --speakers val" in out.stderr

@@ -28,6 +28,7 @@ from bench.loadgen import (
 )
 from emovoice_daemon.calls import Leg
 from emovoice_daemon.ingest.audiosocket import Connection
+from emovoice_daemon.scoring.models.loader import COMPACT_DIR
 from emovoice_daemon.scoring import engine
 from emovoice_daemon.scoring.resample import StreamResampler
 from emovoice_daemon.service.daemon import Daemon
@@ -35,6 +36,10 @@ from emovoice_daemon.tools.simulate import play_call
 from tests.conftest import DaemonProcess, start_daemon, stop_daemon
 
 IDLE_TIMEOUT_S = 2.0
+
+# The leak and fd tests are about the daemon, not the model: the compact one keeps them quick and their bounds stable
+# (the default encoder model allocates more and starts scoring later on a loaded machine).
+COMPACT = {"path": str(COMPACT_DIR)}
 
 
 def live_legs(daemon: DaemonProcess) -> int:
@@ -118,7 +123,7 @@ async def test_nothing_per_call_is_left_behind(running: Daemon, monkeypatch: pyt
 
 async def test_rss_returns_to_baseline_after_calls(tmp_path: Path) -> None:
     """With the systemd unit's environment (allocator arenas, oneDNN cache) RSS settles after the calls."""
-    daemon = start_daemon(tmp_path, {"engine": {"max_lag_s": 30.0}}, env=unit_environment())
+    daemon = start_daemon(tmp_path, {"engine": {"max_lag_s": 30.0}, "model": COMPACT}, env=unit_environment())
     try:
         async def round_of_calls() -> None:
             results = await asyncio.gather(*(healthy("127.0.0.1", daemon.audiosocket_port,
@@ -140,7 +145,7 @@ async def test_rss_returns_to_baseline_after_calls(tmp_path: Path) -> None:
 async def test_more_connections_than_file_descriptors_leave_the_daemon_answering(tmp_path: Path) -> None:
     """Open-file limit 400 (setrlimit in the daemon's process), 600 idle connections: the daemon holds what its
     cap allows (400 - 128), refuses the rest with a few log lines, /health answers degraded; a call works after."""
-    daemon = start_daemon(tmp_path, {"audiosocket": {"idle_timeout_s": 60.0}}, nofile=400)
+    daemon = start_daemon(tmp_path, {"audiosocket": {"idle_timeout_s": 60.0}, "model": COMPACT}, nofile=400)
     idle: list[socket.socket] = []
     try:
         for _ in range(600):

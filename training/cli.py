@@ -101,7 +101,7 @@ def cmd_calls(args: argparse.Namespace) -> None:
         rows[name] = call_metrics(outcomes)
         print(f"{name}: misses {', '.join(misses(rows[name])) or 'none'}", flush=True)
         if args.choose and kind == "cremad":  # settings are chosen on CREMA-D's validation actors only
-            _choose(outcomes, config, classifier, args.choose)
+            _choose(outcomes, config, args.choose)
         if args.line_conditions and kind == args.corpus[0].partition("=")[0]:
             ramps = [c for c in calls if c.kind == "calm_angry"]
             for imp in IMPAIRMENTS:
@@ -138,7 +138,7 @@ def cmd_head(args: argparse.Namespace) -> None:
     log(f"exported to {args.out}")
 
 
-def _choose(outcomes: list, config, classifier, out: str) -> None:  # noqa: ANN001
+def _choose(outcomes: list, config, out: str) -> None:  # noqa: ANN001
     """Pick the escalation settings on these (validation) calls and write them as the model's escalation.json."""
     from training.policy_search import BUDGET, choose
 

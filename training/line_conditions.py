@@ -96,7 +96,7 @@ def no_caller_calls(calm_clips: Sequence[np.ndarray], seed: int = 0, moh_dir: Pa
     """Every no-caller call this machine can build (hold music and prompts only where their packages are installed)."""
     rng = np.random.default_rng(seed)
     audio: dict[str, np.ndarray] = {}
-    for i, f in enumerate(sorted(moh_dir.glob("*.wav"))[:5] if moh_dir.is_dir() else []):
+    for f in sorted(moh_dir.glob("*.wav"))[:5] if moh_dir.is_dir() else []:
         audio[f"hold-music-{f.stem}"] = _loop(_read(f), seconds)
     prompts = sorted(prompts_dir.glob("*.wav")) if prompts_dir.is_dir() else []
     for i in range(5 if prompts else 0):

@@ -48,13 +48,18 @@ THRESHOLDS = frozenset({"enter", "exit", "alert"})  # one probability scale: tak
 def with_model_defaults(cfg: EscalationConfig, defaults: Mapping[str, Any]) -> EscalationConfig:
     """``cfg`` with the model's own escalation defaults for each key its config file did not set; the model's
     thresholds (enter/exit/alert) only when the config sets none of them."""
-    skip = cfg.given | (THRESHOLDS if cfg.given & THRESHOLDS else frozenset())
+    skip = _config_owns(cfg)
     return dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if k not in skip})
+
+
+def _config_owns(cfg: EscalationConfig) -> frozenset[str]:
+    """Keys the model's defaults may not set: those the config file gave, and all thresholds if it gave one."""
+    return cfg.given | (THRESHOLDS if cfg.given & THRESHOLDS else frozenset())
 
 
 def describe(cfg: EscalationConfig, defaults: Mapping[str, Any]) -> str:
     """The escalation values in force and where each came from (config, model, built-in), on one line."""
-    model = set(defaults) - cfg.given - (THRESHOLDS if cfg.given & THRESHOLDS else frozenset())
+    model = set(defaults) - _config_owns(cfg)
     keys = ("method", "smoothing", "enter", "exit", "alert", "min_duration_s", "clear_duration_s", "cooldown_s", "trend_rise")
     where = lambda k: "config" if k in cfg.given else "model" if k in model else "built-in"  # noqa: E731
     return ", ".join(f"{k} {getattr(cfg, k)} ({where(k)})" for k in keys)

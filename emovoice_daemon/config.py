@@ -370,6 +370,25 @@ class CuesConfig:
 
 
 @dataclass
+class LearningConfig:
+    feedback: bool = _f(True, doc="accept verdicts on escalations and calls (agent page, wallboard, emovoice-top, "
+                        "API): each is a 'feedback' event, kept in the call history")
+    keep_features: bool = _f(True, doc="keep the model features (not audio) of the windows each verdict concerns, "
+                             "for 'emovoice-daemon learn'; off: verdicts are still events, nothing is kept")
+    store_path: str = field(default_factory=lambda: str(state_dir() / "learning" / "verdicts.sqlite3"), metadata={
+        "check": None, "doc": "the feature store (SQLite, 0600); default: in the state directory"})
+    retention_days: float = _f(180.0, non_negative, "delete kept features older than this (at start and daily); 0 = keep")
+    recent_s: float = _f(300.0, positive, "per leg, the features of its windows of the last recent_s are held in "
+                         "memory (encoder model: 8 KiB a window, 2.4 MB a leg at 300 s and 1 s hops)")
+    grace_s: float = _f(600.0, positive, "an ended call still takes verdicts (and its features stay in memory) this long")
+    lead_s: float = _f(10.0, non_negative, "an escalation's windows start this long before it was raised")
+    upset_last_s: float = _f(30.0, positive, "'caller is upset' with nothing raised: the windows of the last "
+                             "upset_last_s of the leg are upset")
+    models_dir: str = field(default_factory=lambda: str(state_dir() / "models"), metadata={
+        "check": None, "doc": "learnt models v0001, v0002, ... and the 'current' pointer the daemon loads"})
+
+
+@dataclass
 class Config:
     audiosocket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -389,6 +408,7 @@ class Config:
     ami: AmiConfig = field(default_factory=AmiConfig)
     cues: CuesConfig = field(default_factory=CuesConfig)
     jetstream: JetStreamConfig = field(default_factory=JetStreamConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
     lines: dict[str, int] = field(default_factory=dict, compare=False, metadata={"internal": True})  # "section.key" -> line
 

@@ -41,7 +41,8 @@ MIN_FINAL_S = 1.0  # a leg too short for a full window is scored on close if it 
 
 @dataclass
 class WindowResult:
-    """The outcome of one window of one leg; ``probs`` is None when ``skipped`` says why."""
+    """The outcome of one window of one leg; ``probs`` is None when ``skipped`` says why. ``features``: the
+    window's unnormalised pooled head input (float32[F]) for models that have one (the encoder model), else None."""
 
     leg_id: str
     start_s: float
@@ -49,6 +50,7 @@ class WindowResult:
     probs: np.ndarray | None
     skipped: str | None
     latency_ms: float
+    features: np.ndarray | None = None
 
 
 class Ring:
@@ -156,6 +158,17 @@ class ScoringEngine:
         for w in [*self._inflight, *self._queue]:
             self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
         self._inflight, self._queue = [], deque()
+
+    def set_classifier(self, classifier: Classifier) -> None:
+        """Score every window from now on with ``classifier`` (same sampling rate: the legs' resamplers stay); a
+        batch in flight finishes with the old one. Live legs go on without a gap."""
+        if classifier.sampling_rate != self.model_rate:
+            raise ValueError(f"the new model runs at {classifier.sampling_rate} Hz, the live one at {self.model_rate} Hz")
+        if self.adapter is not None:
+            self.adapter.save()  # the new model's adapter starts from the site statistics learnt so far
+        self.classifier = classifier
+        self.adapter = getattr(classifier, "adapter", None)
+        self.frontend = self._streaming_front_end() if self.cfg.streaming and streaming.supports(classifier) else None
 
     @property
     def live_legs(self) -> int:
@@ -277,16 +290,18 @@ class ScoringEngine:
             return
         self._inflight = todo
         speech = [True] * len(todo)
+        feats: list[np.ndarray | None] = [None] * len(todo)
         try:
-            speech, probs = await asyncio.get_running_loop().run_in_executor(self._executor, self._gate_and_infer, todo)
+            speech, probs, feats = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._gate_and_infer, todo)
         except Exception:  # a model failure must not stop scoring for every other call
             log.exception("scoring a batch of %d windows failed", len(todo))
             probs = [None] * len(todo)
         self._inflight = []
         metrics.BATCH_SIZE.observe(len(todo))
-        for w, s, p in zip(todo, speech, probs):
+        for w, s, p, f in zip(todo, speech, probs, feats):
             skipped = "nonspeech" if not s else None if p is not None else "error"
-            self._finish(w.leg, w.seq, w.start, w.end, p if s else None, skipped, w.due)
+            self._finish(w.leg, w.seq, w.start, w.end, p if s else None, skipped, w.due, f if s else None)
 
     async def _next_batch(self) -> list[_Window]:
         while not self._queue:
@@ -301,12 +316,16 @@ class ScoringEngine:
                 break
         return [self._queue.popleft() for _ in range(min(self.cfg.max_batch, len(self._queue)))]
 
-    def _gate_and_infer(self, batch: list[_Window]) -> tuple[list[bool], list[np.ndarray | None]]:
-        """Runs in the inference thread: which windows hold speech, and the model's probabilities for those."""
+    def _gate_and_infer(self, batch: list[_Window]
+                        ) -> tuple[list[bool], list[np.ndarray | None], list[np.ndarray | None]]:
+        """Runs in the inference thread: which windows hold speech, and the model's probabilities and features
+        (None for models without pooled features) for those."""
         speech = self._speech(batch) if self.gate is not None else [True] * len(batch)
         todo = [w for w, s in zip(batch, speech) if s]
-        probs = iter(self._infer(todo) if todo else [])
-        return speech, [next(probs) if s else None for s in speech]
+        probs, feats = self._infer(todo) if todo else (np.zeros((0, 3), np.float32), [])
+        it = iter(zip(probs, feats))
+        scored = [next(it) if s else (None, None) for s in speech]
+        return speech, [p for p, _ in scored], [f for _, f in scored]
 
     def _speech(self, batch: list[_Window]) -> list[bool]:
         """Gate each window on the speech share of its hops (each hop judged once, when it is the newest)."""
@@ -320,28 +339,31 @@ class ScoringEngine:
             verdicts.append(float(np.mean([s for _, s in hops])) >= self.pipeline.speech_min_share)
         return verdicts
 
-    def _infer(self, batch: list[_Window]) -> np.ndarray:
-        """Runs in the inference thread: probabilities for each window, in batch order."""
-        if self.frontend is not None:
-            return self.frontend.predict([(w.leg.cache, w.audio, w.audio_start) for w in batch])
+    def _infer(self, batch: list[_Window]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Runs in the inference thread: probabilities and features for each window, in batch order."""
+        classifier, frontend, adapter = self.classifier, self.frontend, self.adapter  # a model switch waits for the batch
+        if frontend is not None:
+            return frontend.predict([(w.leg.cache, w.audio, w.audio_start) for w in batch]), [None] * len(batch)
         probs = np.zeros((len(batch), 3), dtype=np.float32)
+        feats: list[np.ndarray | None] = [None] * len(batch)
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(batch):
             by_length.setdefault(len(w.audio), []).append(i)
         for idx in by_length.values():
             audio = np.stack([batch[i].audio for i in idx])
-            if self.adapter is not None:
-                probs[idx] = self.classifier.predict(audio, [batch[i].leg.leg_id for i in idx])
-            else:
-                probs[idx] = self.classifier.predict(audio)
-        return probs
+            legs = [batch[i].leg.leg_id for i in idx] if adapter is not None else None
+            probs[idx], f = _predict(classifier, audio, legs)
+            if f is not None:
+                for i, row in zip(idx, f):
+                    feats[i] = row
+        return probs, feats
 
     def _finish(self, leg: _Leg, seq: int, start: int, end: int, probs: np.ndarray | None,
-                skipped: str | None, due: float) -> None:
+                skipped: str | None, due: float, features: np.ndarray | None = None) -> None:
         """Record a window's result and deliver every result of the leg that is now in order."""
         metrics.WINDOWS.labels(skipped or "scored").inc()
         self.outcomes[skipped or "scored"] += 1
-        leg.ready[seq] = (WindowResult(leg.leg_id, start / RATE, end / RATE, probs, skipped, 0.0), due)
+        leg.ready[seq] = (WindowResult(leg.leg_id, start / RATE, end / RATE, probs, skipped, 0.0, features), due)
         while leg.delivered in leg.ready:
             result, due = leg.ready.pop(leg.delivered)
             leg.delivered += 1
@@ -354,6 +376,15 @@ class ScoringEngine:
                 log.exception("result handler of leg %s failed", leg.leg_id)
         if leg.delivered == leg.next_seq:
             leg.idle.set()
+
+
+def _predict(classifier: Classifier, audio: np.ndarray, legs: list[str] | None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities and pooled features of a batch; a stand-in with only ``predict`` (tests, scripted models)
+    has no features."""
+    if hasattr(classifier, "predict_with_features"):
+        return classifier.predict_with_features(audio, legs)
+    return (classifier.predict(audio) if legs is None else classifier.predict(audio, legs)), None
 
 
 def _stack_tails(tails: list[np.ndarray]) -> np.ndarray:

@@ -67,18 +67,29 @@ class Classifier:
 
     def predict(self, batch: np.ndarray, legs: Sequence[str] | None = None) -> np.ndarray:
         """Class probabilities for a batch of equal-length waveforms (of ``legs``, when the model adapts)."""
+        return self.predict_with_features(batch, legs)[0]
+
+    def predict_with_features(self, batch: np.ndarray, legs: Sequence[str] | None = None
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probs[B, 3], features float32[B, F] | None)``: the features are the unnormalised pooled head input of
+        models that have one (the encoder model; what a site's verdicts are learnt from), else None."""
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] == 0:
             raise ValueError(f"predict expects float32[B, T] with T > 0, got shape {x.shape}")
         if self.normalize_input:
             x = (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + 1e-7)
+        feats = None
         with torch.inference_mode(), self.autocast():
-            if self.adapter is not None and legs is not None:
+            if hasattr(self.model, "pooled_features"):
                 feats = self.model.pooled_features(self.to_device(x)).float().cpu().numpy()
-                logits = self.model.classify(self.to_device(self.adapter.normalise(legs, feats)))
+                if self.adapter is not None and legs is not None:
+                    normalised = self.to_device(self.adapter.normalise(legs, feats))
+                else:
+                    normalised = (torch.from_numpy(feats) - self.model.feature_mean.cpu()) / self.model.feature_std.cpu()
+                logits = self.model.classify(normalised.to(self.device))
             else:
                 logits = self.model(input_values=self.to_device(x)).logits
-        return self.probs_from_logits(logits)
+        return self.probs_from_logits(logits), feats
 
     def to_device(self, x: np.ndarray) -> torch.Tensor:
         """Host array -> tensor on the model's device (through pinned memory on CUDA)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any, Callable
 
@@ -37,6 +38,7 @@ class Leg:
         self.samples = 0
         self.ended = False
         self.on_hold = False
+        self.escalation_id = ""  # the active escalation's id: its raise (and upgrade) and its clear carry it
         self._nonspeech_since: float | None = None
 
     @property
@@ -65,9 +67,15 @@ class Leg:
                       probs=probs, label=max(probs, key=probs.get),
                       negative_smoothed=round(self.policy.smoothed, 4),
                       lag_ms=round(result.latency_ms, 1), model=self.manager.model_info)
+        if result.features is not None and self.manager.window_sink is not None:
+            self.manager.window_sink(self.call_id, self.role, result)
         for tr in transitions:
             self.stats.transition(tr)
-            self._publish(f"escalation.{tr.kind}", **tr.fields())
+            if tr.kind == "raised" and not self.escalation_id:
+                self.escalation_id = secrets.token_hex(8)
+            self._publish(f"escalation.{tr.kind}", escalation_id=self.escalation_id, **tr.fields())
+            if tr.kind == "cleared":
+                self.escalation_id = ""
 
     def _track_hold(self, result: WindowResult) -> None:
         """``call.hold`` when the leg has carried sound but no speech for HOLD_AFTER_S, and again when speech is back."""
@@ -104,8 +112,12 @@ class CallManager:
 
     def __init__(self, engine: ScoringEngine, bus: EventBus,
                  policy_factory: Callable[[dict[str, Any]], EscalationPolicy],
-                 model_info: dict[str, Any]) -> None:
+                 model_info: dict[str, Any],
+                 window_sink: Callable[[str, str, WindowResult], None] | None = None) -> None:
+        """``window_sink(call_id, role, result)`` gets each scored window that has features (the verdicts'
+        memory); ``model_info`` and ``policy_factory`` may be replaced while legs live (a model switch)."""
         self.engine, self.bus, self.policy_factory, self.model_info = engine, bus, policy_factory, model_info
+        self.window_sink = window_sink
         self.legs: dict[str, Leg] = {}
         self.expected: dict[str, dict[str, Any]] = {}  # call id -> meta given before the call started
 

@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from emovoice_daemon.config import ApiConfig, read_secret
-from emovoice_daemon.outputs import history, metrics, notifier, supervisor
+from emovoice_daemon.outputs import feedback, history, metrics, notifier, supervisor
 from emovoice_daemon.outputs.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 ListenIn = Callable[[str, str, str], Awaitable[str]]  # (call id, supervisor, mode) -> the spied channel
+Action = Callable[[str], Awaitable[dict[str, Any]]]  # (argument from the path, or "") -> the JSON answer
 LISTEN_MODES = ("listen", "whisper")
 
 
@@ -40,6 +41,9 @@ class ApiContext:
     notifier: notifier.AgentNotifier | None = None
     listen_in: ListenIn | None = None
     supervisor: supervisor.SupervisorBoard | None = None
+    feedback: feedback.FeedbackDesk | None = None
+    reload_model: Action | None = None  # POST /model/reload: switch to the current learnt model version
+    forget_call: Action | None = None  # DELETE /learning/calls/{id}: the feature store forgets a call
 
 
 class OneLineBadRequests(logging.Filter):
@@ -80,7 +84,8 @@ def token_ok(request: web.Request, token: str) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = request.app[CONTEXT_KEY]
-    public = request.path in PUBLIC_PATHS or (request.path == "/metrics" and ctx.metrics_public)
+    public = (request.path in PUBLIC_PATHS or (request.path == "/metrics" and ctx.metrics_public)
+              or (ctx.feedback is not None and feedback.OWN_AUTH.fullmatch(request.path) is not None))
     if not public and not token_ok(request, ctx.token):
         return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                  headers={"WWW-Authenticate": "Bearer"})
@@ -93,6 +98,7 @@ INDEX = """EmoVoice daemon API
 /supervisor/#token=API_TOKEN          the supervisors' wallboard (a browser)
 /health                               daemon health (JSON; no token needed)
 /events  /calls  /calls/{id}  /metrics   need the API token: Authorization: Bearer TOKEN (or ?token=)
+POST /escalations/{id}/feedback  POST /calls/{id}/feedback   verdicts (API token, or an agent's own token)
 supervisor view: emovoice-top --url http://THIS-HOST:PORT --token-file /etc/emovoice/api-token
 """
 
@@ -160,6 +166,20 @@ async def listen_in(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call_id, "supervisor": supervisor, "mode": mode, "channel": channel})
 
 
+def action_route(action: Action, param: str = "") -> Handler:
+    """A route running ``action`` (its ValueError: 409 with the reason, KeyError: 404)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await action(request.match_info.get(param, "")))
+        except KeyError as exc:
+            return web.json_response({"error": str(exc.args[0])}, status=404)
+        except ValueError as exc:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            return web.json_response({"error": str(exc)}, status=409)
+    return handler
+
+
 def build_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[auth_middleware])
     app[CONTEXT_KEY] = ctx
@@ -177,6 +197,12 @@ def build_app(ctx: ApiContext) -> web.Application:
         supervisor.add_routes(app, ctx.supervisor)
     if ctx.listen_in is not None:
         app.router.add_post("/calls/{call_id}/listen", listen_in)
+    if ctx.feedback is not None:
+        feedback.add_routes(app, ctx.feedback, request_token)
+    if ctx.reload_model is not None:
+        app.router.add_post("/model/reload", action_route(ctx.reload_model))
+    if ctx.forget_call is not None:
+        app.router.add_delete("/learning/calls/{call_id}", action_route(ctx.forget_call, "call_id"))
     return app
 
 

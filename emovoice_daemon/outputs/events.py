@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 EVENT_TYPES = ("call.started", "call.agent", "call.dtmf", "call.hold", "score", "escalation.raised",
-               "escalation.cleared", "cue", "call.ended")
+               "escalation.cleared", "cue", "call.ended", "feedback")
 
 Event = dict[str, Any]
 Sink = Callable[[Event], None]
@@ -92,5 +92,8 @@ def journal(event: Event) -> None:
     elif kind == "escalation.raised":
         journal_log.info("%s escalation raised: %s at %s s, %s (NEGATIVE smoothed %s)", leg, event.get("severity"),
                          event.get("at"), event.get("reason"), event.get("negative_smoothed"))
+    elif kind == "feedback":
+        journal_log.info("%s verdict: %s%s by %s", leg, event.get("verdict"),
+                         f" (escalation {event['escalation_id']})" if event.get("escalation_id") else "", event.get("by"))
     elif kind == "escalation.cleared":
         journal_log.info("%s escalation cleared at %s s after %s s", leg, event.get("at"), event.get("duration_s"))

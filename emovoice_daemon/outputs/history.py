@@ -1,7 +1,7 @@
 """Call history in SQLite: one row per leg from ``call.started`` to ``call.ended`` and its summary.
 
 Served by the API as ``GET /calls`` (newest first; ``live``, ``agent``, ``limit``, ``offset``)
-and ``GET /calls/{call_id}`` (every leg with its summary). Holds scores, never audio. The bus
+and ``GET /calls/{call_id}`` (every leg with its summary, and the verdicts given on it: ``feedback`` events). Holds scores, never audio. The bus
 queues events for a writer task (SQLite is off the event loop); a request first waits for the events
 published before it to be written, so a client that saw ``call.ended`` on ``/events`` finds the call ended.
 """
@@ -36,6 +36,15 @@ CREATE TABLE IF NOT EXISTS legs (
 );
 CREATE INDEX IF NOT EXISTS legs_started ON legs (started);
 CREATE TABLE IF NOT EXISTS applied (msg_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS verdicts (
+    call_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    ts REAL NOT NULL,
+    verdict TEXT NOT NULL,
+    given_by TEXT NOT NULL,
+    escalation_id TEXT
+);
+CREATE INDEX IF NOT EXISTS verdicts_call ON verdicts (call_id);
 """
 MAX_LIMIT = 500
 EARLY_AGENTS_KEPT = 1000
@@ -63,10 +72,11 @@ class CallHistory:
             if retention_days > 0:
                 self._db.execute("DELETE FROM legs WHERE started < ?", (time.time() - retention_days * 86400,))
                 self._db.execute("DELETE FROM applied WHERE at < ?", (time.time() - retention_days * 86400,))
+                self._db.execute("DELETE FROM verdicts WHERE ts < ?", (time.time() - retention_days * 86400,))
 
     def sink(self, event: Event) -> None:
-        """EventBus sink: queue call.started/call.agent/call.ended (never blocks, never drops)."""
-        if event["type"] in ("call.started", "call.agent", "call.ended"):
+        """EventBus sink: queue call.started/call.agent/call.ended/feedback (never blocks, never drops)."""
+        if event["type"] in ("call.started", "call.agent", "call.ended", "feedback"):
             self._queue.put_nowait(event)
             self._queued += 1
 
@@ -115,6 +125,10 @@ class CallHistory:
                     (event["call_id"], event["role"], event["source"], json.dumps(meta), event["ts"]))
             elif event["type"] == "call.agent":
                 self._agent(event["call_id"], event["agent"])
+            elif event["type"] == "feedback":
+                self._db.execute("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
+                                 (event["call_id"], event["role"], event["ts"], event["verdict"], event["by"],
+                                  event.get("escalation_id")))
             elif event["type"] == "call.ended":
                 self._db.execute(
                     "UPDATE legs SET ended = ?, reason = ?, summary = ? WHERE call_id = ? AND role = ?",
@@ -149,6 +163,9 @@ class CallHistory:
         """One call with every leg (and its summary), or None."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM legs WHERE call_id = ? ORDER BY role", (call_id,)).fetchall()
+            verdicts = [{"role": v["role"], "ts": v["ts"], "verdict": v["verdict"], "by": v["given_by"],
+                         "escalation_id": v["escalation_id"]} for v in self._db.execute(
+                "SELECT * FROM verdicts WHERE call_id = ? ORDER BY ts", (call_id,))]
         if not rows:
             return None
         legs = [_leg(row, timeline) for row in rows]
@@ -161,7 +178,7 @@ class CallHistory:
                 "ended": None if None in ended else max(ended), "live": None in ended,
                 "peak_negative": max((leg["summary"] or {}).get("peak_negative", 0.0) for leg in legs),
                 "escalations": sum((leg["summary"] or {}).get("escalations", 0) for leg in legs),
-                "legs": legs}
+                "verdicts": verdicts, "legs": legs}
 
     def close(self) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -20,10 +21,15 @@ from emovoice_daemon.ingest.sip import SipEndpoint
 from emovoice_daemon.judgement.cues import CueTracker
 from emovoice_daemon.judgement.policy import describe, policy_factory, with_model_defaults
 from emovoice_daemon.judgement.summary import LegSummary
+from emovoice_daemon.learning.capture import VerdictRecorder
+from emovoice_daemon.learning.recent import RecentWindows
+from emovoice_daemon.learning.store import FeatureStore
+from emovoice_daemon.learning.versions import ModelVersions
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.api import ApiContext, api_token, start_api
 from emovoice_daemon.outputs.eventlog import EventLog
 from emovoice_daemon.outputs.events import EventBus, journal
+from emovoice_daemon.outputs.feedback import FeedbackDesk
 from emovoice_daemon.outputs.history import CallHistory
 from emovoice_daemon.outputs.jetstream import JetStreamPublisher
 from emovoice_daemon.outputs.notifier import AgentNotifier
@@ -31,12 +37,14 @@ from emovoice_daemon.outputs.supervisor import SupervisorBoard
 from emovoice_daemon.outputs.recovery import lost_legs
 from emovoice_daemon.outputs.webhook import WebhookSender
 from emovoice_daemon.scoring.engine import ScoringEngine
-from emovoice_daemon.scoring.models.loader import Classifier, load_classifier
+from emovoice_daemon.scoring.models.loader import Classifier, ModelError, load_classifier
 from emovoice_daemon.scoring.recorder import RecordingEngine
 from emovoice_daemon.service.health import HealthMonitor, Problem
 from emovoice_daemon.service.workers import WorkerPool
 
 log = logging.getLogger(__name__)
+
+BASE_VERSION = "base"  # model_info.version of the configured (or shipped) model: no learnt version is current
 
 
 class Daemon:
@@ -61,6 +69,12 @@ class Daemon:
         self.ami: AmiClient | None = None
         self.sip: SipEndpoint | None = None
         self.workers: WorkerPool | None = None
+        self.versions = ModelVersions(config.learning.models_dir)
+        self.model_version = BASE_VERSION
+        self._switching = asyncio.Lock()
+        self.feedback: FeedbackDesk | None = None
+        self.recent: RecentWindows | None = None
+        self.recorder: VerdictRecorder | None = None
 
     @property
     def model_escalation(self) -> dict[str, Any]:
@@ -69,12 +83,64 @@ class Daemon:
 
     @property
     def model_info(self) -> dict[str, Any]:
-        return {"name": self.classifier.name, "trained": self.classifier.trained}
+        return {"name": self.classifier.name, "trained": self.classifier.trained, "version": self.model_version}
+
+    def _load_model(self) -> Classifier:
+        """The learnt version ``current`` points at, else (one warning when it cannot load) the configured model."""
+        name = self.versions.current()
+        if name is not None:
+            try:
+                classifier = self._load_version(name)
+                self.model_version = name
+                return classifier
+            except ModelError as exc:
+                log.warning("learnt model %s cannot load (%s); running the configured model", name, exc)
+        self.model_version = BASE_VERSION
+        return load_classifier(self.config.model)
+
+    def _load_version(self, name: str | None) -> Classifier:
+        path = str(self.versions.path(name)) if name else self.config.model.path
+        return load_classifier(dataclasses.replace(self.config.model, path=path))
+
+    async def reload_model(self, _: str = "") -> dict[str, Any]:
+        """Switch to the version ``current`` points at (or back to the configured model) if it is not the one
+        running: loaded beside the running model, then new windows of every live leg are scored with it (no call
+        is dropped; live legs keep their escalation state, new legs get the new model's defaults). ValueError
+        when the new model cannot be used (the running one stays)."""
+        async with self._switching:
+            name = self.versions.current()
+            if (name or BASE_VERSION) == self.model_version:
+                return {"version": self.model_version, "switched": False}
+            try:
+                classifier = await asyncio.to_thread(self._load_version, name)
+                self.engine.set_classifier(classifier)
+            except (ModelError, ValueError) as exc:
+                raise ValueError(f"model {name or BASE_VERSION} not switched to: {exc}") from None
+            old, self.classifier, self.model_version = self.model_version, classifier, name or BASE_VERSION
+            self.calls.model_info = self.model_info
+            self.config.escalation = with_model_defaults(self.config.escalation, classifier.escalation)
+            self.calls.policy_factory = policy_factory(self.config.escalation)
+            log.info("model switched from %s to %s (%s) with %d live legs", old, self.model_version, classifier.name,
+                     len(self.calls.legs))
+            return {"version": self.model_version, "switched": True, "from": old}
+
+    def switch_model_soon(self) -> None:
+        """``reload_model`` in a task (SIGHUP); a failure is one log line."""
+        async def switch() -> None:
+            try:
+                await self.reload_model()
+            except ValueError as exc:
+                log.error("%s", exc)
+        self._tasks.append(asyncio.create_task(switch(), name="model-switch"))
+
+    async def forget_call(self, call_id: str) -> dict[str, Any]:
+        """The feature store deletes every window of a call (``DELETE /learning/calls/{id}``)."""
+        return {"call_id": call_id, "deleted_windows": await asyncio.to_thread(self.recorder.store.delete_call, call_id)}
 
     async def start(self) -> None:
         cfg = self.config
         if self.classifier is None:
-            self.classifier = await asyncio.to_thread(load_classifier, cfg.model)
+            self.classifier = await asyncio.to_thread(self._load_model)
         cfg.escalation = with_model_defaults(cfg.escalation, self.classifier.escalation)
         log.info("escalation: %s", describe(cfg.escalation, self.classifier.escalation))
         self.event_log = EventLog(cfg.events.log_path, cfg.events.rotate_bytes, cfg.events.rotate_keep,
@@ -87,7 +153,9 @@ class Daemon:
                                             cfg.service.health_max_overload, self._component_problems())
         self._tasks.append(asyncio.create_task(self.health_monitor.run(), name="health"))
         leg_engine = RecordingEngine(self.engine, cfg.debug.record_dir) if cfg.debug.record_audio else self.engine
-        self.calls = CallManager(leg_engine, self.bus, policy_factory(cfg.escalation), self.model_info)
+        self._start_learning()
+        self.calls = CallManager(leg_engine, self.bus, policy_factory(cfg.escalation), self.model_info,
+                                 self.recent.add if self.recent is not None else None)
         self._start_escalation_outputs()
         self._recover_lost_legs()
         if cfg.audiosocket.enabled and resolve_workers(cfg.service.workers) > 1:
@@ -157,6 +225,13 @@ class Daemon:
         if cfg.api.enabled:
             self.board = SupervisorBoard(self.api_token, listen=cfg.ami.enabled)
             self.bus.add_sink(self.board.sink)
+        if cfg.api.enabled and cfg.learning.feedback:
+            notifier = self.notifier
+            self.feedback = FeedbackDesk(
+                self.bus, self.api_token, cfg.learning.grace_s,
+                agent_of=(lambda c: (call.agent if (call := notifier.calls.get(c)) else None)) if notifier else None,
+                authenticate=notifier.authenticate if notifier else None)
+            self.bus.add_sink(self.feedback.sink)
         if cfg.webhook.url:
             self.webhook = WebhookSender(cfg.webhook)
             self.bus.add_sink(self.webhook.sink)
@@ -165,6 +240,18 @@ class Daemon:
             self.jetstream = JetStreamPublisher(cfg.jetstream)
             self.bus.add_sink(self.jetstream.sink)
             self._tasks.append(asyncio.create_task(self.jetstream.run(), name="jetstream"))
+
+    def _start_learning(self) -> None:
+        """Verdicts (with the API): the desk; with ``keep_features``: recent window features and the store."""
+        cfg = self.config.learning
+        if not (cfg.feedback and self.config.api.enabled):
+            return
+        if cfg.keep_features:
+            self.recent = RecentWindows(cfg.recent_s, cfg.grace_s)
+            self.recorder = VerdictRecorder(cfg, self.recent, FeatureStore(cfg.store_path, cfg.retention_days))
+            self.bus.add_sink(self.recent.sink)
+            self.bus.add_sink(self.recorder.sink)
+            self._tasks.append(asyncio.create_task(self.recorder.run(), name="feature-store"))
 
     def _window_outcomes(self) -> Counter[str]:
         """Windows by outcome, this process's engine and the worker processes' together."""
@@ -186,7 +273,8 @@ class Daemon:
     async def _start_api(self) -> None:
         cfg = self.config.api
         context = ApiContext(self.api_token, cfg.metrics_public, self.bus, self.health, self.history, self.notifier,
-                             self.ami.listen_in if self.ami is not None else None, self.board)
+                             self.ami.listen_in if self.ami is not None else None, self.board, self.feedback,
+                             self.reload_model, self.forget_call if self.recorder is not None else None)
         self._runner, self.api_address = await start_api(cfg, context)
 
     def health(self) -> dict[str, Any]:
@@ -211,6 +299,8 @@ class Daemon:
         await ending
         if self.history is not None:
             await self.history.drain()
+        if self.recorder is not None:
+            await self.recorder.drain()
         if self.webhook is not None:  # the last call.ended / escalation.cleared reach the PBX too
             await self.webhook.drain(self.config.webhook.timeout_s)
         if self.jetstream is not None:  # so do the last events of every call on the stream
@@ -220,6 +310,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.history is not None:
             self.history.close()
+        if self.recorder is not None:
+            self.recorder.store.close()
         if self.notifier is not None:
             await self.notifier.close()
         if self._runner:

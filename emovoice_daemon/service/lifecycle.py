@@ -4,7 +4,8 @@
 and applies the ``escalation`` and ``notifier`` sections to new and live calls alike (other
 sections need a restart, which is logged); an invalid file is reported and the running
 settings are kept. SIGTERM/SIGINT stop accepting calls, score what is buffered, publish
-``call.ended``, fsync the event log and close the sockets within ``service.drain_timeout_s``.
+``call.ended``, fsync the event log and close the sockets within ``service.drain_timeout_s``. SIGHUP also switches
+to the learnt model version ``learning.models_dir/current`` names, when it changed (``Daemon.reload_model``).
 """
 from __future__ import annotations
 
@@ -154,6 +155,7 @@ def _reload(daemon: Daemon, notify: Notifier) -> None:
     notify.send(RELOADING="1", MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
     if reload_config(daemon) and daemon.workers is not None:
         daemon.workers.reload()
+    daemon.switch_model_soon()  # to the learnt version `current` names, if it changed
     notify.ready(status_line(daemon))
 
 

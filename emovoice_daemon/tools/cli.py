@@ -1,4 +1,4 @@
-"""`emovoice-daemon` command line: run, check-config, simulate, demo, score, fetch-encoder, hub."""
+"""`emovoice-daemon` command line: run, check-config, simulate, demo, score, fetch-encoder, learn, hub."""
 from __future__ import annotations
 
 import argparse
@@ -161,6 +161,15 @@ def cmd_fetch_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from emovoice_daemon.tools import learn
+
+    config = _load_or_exit(args.config)
+    if args.forget:
+        return learn.forget(config, args.forget)
+    return learn.rollback(config) if args.rollback else learn.learn(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emovoice-daemon", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -209,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only when the model of the config (-c), else the shipped default, is a Whisper-encoder model")
     fetch.add_argument("-c", "--config", help="YAML config whose model.path --if-needed looks at")
     fetch.set_defaults(func=cmd_fetch_encoder)
+    learn = sub.add_parser("learn", help="refit the model on the site's verdicts; a better one becomes current",
+                           description="Refit the model's cheap parts on the verdicts kept in learning.store_path, "
+                           "validate on verdict calls it did not fit on, and only if that improved write the next "
+                           "version to learning.models_dir and make it current; the running daemon switches to it "
+                           "(POST /model/reload) without dropping a call.")
+    learn.add_argument("-c", "--config", help="the daemon's YAML config")
+    learn.add_argument("--rollback", action="store_true", help="make the version before the current one current")
+    learn.add_argument("--forget", metavar="CALL_ID", help="delete the kept windows of one call and exit")
+    learn.set_defaults(func=cmd_learn)
     hub = sub.add_parser("hub", help="site-wide call history, agent notifier and API over a JetStream stream")
     hub.add_argument("-c", "--config", help="YAML config (jetstream, history, notifier, api sections)")
     hub.set_defaults(func=cmd_hub)

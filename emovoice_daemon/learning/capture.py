@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from pathlib import Path
 
 from emovoice_daemon.config import LearningConfig
 from emovoice_daemon.learning.recent import RecentWindows, Window
@@ -43,11 +44,30 @@ def label(event: Event, windows: list[Window], cfg: LearningConfig) -> list[tupl
 
 
 class VerdictRecorder:
-    """EventBus sink: each ``feedback`` event's labelled windows go to the store (written off the event loop)."""
+    """EventBus sink: each ``feedback`` event's labelled windows go to the store (written off the event loop). The
+    store file is created with the first verdict: a daemon that never gets one keeps nothing."""
 
-    def __init__(self, cfg: LearningConfig, recent: RecentWindows, store: FeatureStore) -> None:
-        self.cfg, self.recent, self.store = cfg, recent, store
+    def __init__(self, cfg: LearningConfig, recent: RecentWindows) -> None:
+        self.cfg, self.recent = cfg, recent
+        self._store: FeatureStore | None = None
         self._queue: asyncio.Queue[list[Row]] = asyncio.Queue()
+
+    @property
+    def store(self) -> FeatureStore:
+        """The feature store, opened (and purged past the retention) on first use."""
+        if self._store is None:
+            self._store = FeatureStore(self.cfg.store_path, self.cfg.retention_days)
+        return self._store
+
+    def delete_call(self, call_id: str) -> int:
+        """Forget every kept window of a call (nothing to do before the store exists)."""
+        if self._store is None and not Path(self.cfg.store_path).expanduser().exists():
+            return 0
+        return self.store.delete_call(call_id)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
     def sink(self, event: Event) -> None:
         if event["type"] != "feedback":
@@ -60,12 +80,15 @@ class VerdictRecorder:
     async def run(self) -> None:
         """Write queued verdicts until cancelled; purge past the retention once a day."""
         loop = asyncio.get_running_loop()
+        if Path(self.cfg.store_path).expanduser().exists():
+            await asyncio.to_thread(lambda: self.store)  # opening purges past the retention
         next_purge = loop.time() + 86400
         while True:
             try:
                 rows = await asyncio.wait_for(self._queue.get(), max(1.0, next_purge - loop.time()))
             except asyncio.TimeoutError:
-                await asyncio.to_thread(self.store.purge)
+                if self._store is not None:
+                    await asyncio.to_thread(self._store.purge)
                 next_purge = loop.time() + 86400
                 continue
             await self.write(rows)
@@ -74,7 +97,7 @@ class VerdictRecorder:
         try:
             n = await asyncio.to_thread(self.store.record, rows)
         except Exception as exc:  # a full disk must not stop the daemon: the verdict event is already out
-            log.error("feature store %s: cannot keep a verdict's windows: %s", self.store.path, exc)
+            log.error("feature store %s: cannot keep a verdict's windows: %s", self.cfg.store_path, exc)
             return
         if rows:
             log.info("feature store: kept %d windows of call %s (%s)", n, rows[0].call_id, rows[0].verdict)

@@ -23,7 +23,6 @@ from emovoice_daemon.judgement.policy import describe, policy_factory, with_mode
 from emovoice_daemon.judgement.summary import LegSummary
 from emovoice_daemon.learning.capture import VerdictRecorder
 from emovoice_daemon.learning.recent import RecentWindows
-from emovoice_daemon.learning.store import FeatureStore
 from emovoice_daemon.learning.versions import ModelVersions
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.api import ApiContext, api_token, start_api
@@ -135,7 +134,7 @@ class Daemon:
 
     async def forget_call(self, call_id: str) -> dict[str, Any]:
         """The feature store deletes every window of a call (``DELETE /learning/calls/{id}``)."""
-        return {"call_id": call_id, "deleted_windows": await asyncio.to_thread(self.recorder.store.delete_call, call_id)}
+        return {"call_id": call_id, "deleted_windows": await asyncio.to_thread(self.recorder.delete_call, call_id)}
 
     async def start(self) -> None:
         cfg = self.config
@@ -248,7 +247,7 @@ class Daemon:
             return
         if cfg.keep_features:
             self.recent = RecentWindows(cfg.recent_s, cfg.grace_s)
-            self.recorder = VerdictRecorder(cfg, self.recent, FeatureStore(cfg.store_path, cfg.retention_days))
+            self.recorder = VerdictRecorder(cfg, self.recent)
             self.bus.add_sink(self.recent.sink)
             self.bus.add_sink(self.recorder.sink)
             self._tasks.append(asyncio.create_task(self.recorder.run(), name="feature-store"))
@@ -311,7 +310,7 @@ class Daemon:
         if self.history is not None:
             self.history.close()
         if self.recorder is not None:
-            self.recorder.store.close()
+            self.recorder.close()
         if self.notifier is not None:
             await self.notifier.close()
         if self._runner:

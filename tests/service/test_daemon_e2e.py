@@ -57,7 +57,7 @@ async def test_call_is_scored_and_reported_on_log_and_websocket(daemon: DaemonPr
     assert set(score["probs"]) == {"NEGATIVE", "NEUTRAL", "POSITIVE"}
     assert abs(sum(score["probs"].values()) - 1) < 1e-3
     assert score["window"]["end"] - score["window"]["start"] == 3.0
-    assert set(score["model"]) == {"name", "trained"}
+    assert set(score["model"]) == {"name", "trained", "version"} and score["model"]["version"] == "base"
     ended = log_events[-1]
     assert ended["reason"] == "eof"  # Asterisk closes the socket; the simulator does the same
     assert ended["summary"]["windows_scored"] == len([e for e in log_events if e["type"] == "score"])

@@ -43,6 +43,7 @@ LAG_WINDOW = 50
 SEVERITY_RANK = {"": 0, "watch": 1, "alert": 2}
 SORTS = {"n": "NEGATIVE", "d": "duration", "s": "state", "c": "call id"}
 LISTEN_KEYS = {"l": "listen", "w": "whisper"}
+VERDICT_KEYS = {"y": "confirmed", "x": "dismissed", "u": "upset", "m": "calm"}  # the selected call's escalation / call
 MOVES = {"j": 1, "\x1b[B": 1, "k": -1, "\x1b[A": -1}
 
 
@@ -67,6 +68,7 @@ class CallView:
     meta: dict[str, Any] = field(default_factory=dict)
     legs: dict[str, LegView] = field(default_factory=dict)
     ended: float | None = None
+    escalation_id: str = ""  # the call's latest escalation (a verdict with y / x concerns it)
 
     def leg(self, role: str) -> LegView:
         return self.legs.setdefault(role, LegView(role))
@@ -135,6 +137,7 @@ class TopState:
             leg.label, leg.prob = ("on hold", 0.0) if event["on_hold"] else ("-", 0.0)
         elif kind == "escalation.raised":
             leg.severity = event["severity"]
+            call.escalation_id = event.get("escalation_id", call.escalation_id)
         elif kind == "escalation.cleared":
             leg.severity = ""
         elif kind == "call.ended":
@@ -155,6 +158,17 @@ class TopState:
             return
         at = ids.index(self.selected) + step if self.selected in ids else 0
         self.selected = ids[max(0, min(len(ids) - 1, at))]
+
+    def verdict_path(self, verdict: str) -> str:
+        """The API path a verdict on the selected call goes to; ValueError says why there is none."""
+        call = self.calls.get(self.selected or "")
+        if call is None:
+            raise ValueError("select a call first (j/k)")
+        if verdict in ("upset", "calm"):
+            return f"/calls/{call.call_id}/feedback"
+        if not call.escalation_id:
+            raise ValueError(f"call {call.label} had no escalation: u (upset) or m (calm) marks the call")
+        return f"/escalations/{call.escalation_id}/feedback"
 
     def rows(self) -> list[CallView]:
         keys = {"n": lambda c: -c.negative, "d": lambda c: c.started, "c": lambda c: c.call_id,
@@ -220,7 +234,7 @@ def render(state: TopState, now: float) -> Group:
             "ended" if call.ended else (call.severity.upper() or "ok"),
             style="dim" if call.ended else style)
     keys = "  ".join(f"[{k}] {v}{' ◀' if k == state.sort else ''}" for k, v in SORTS.items())
-    help_ = f"sort: {keys}   [j/k] select  [l] listen  [w] whisper   [q] quit"
+    help_ = f"sort: {keys}   [j/k] select  [l] listen  [w] whisper  [y/x] confirm/dismiss alert  [u/m] upset/calm   [q] quit"
     return Group(header, table, Text(help_, style="dim"), Text(state.message))
 
 
@@ -280,6 +294,18 @@ class TopClient:
         else:
             self.state.message = f"{mode} failed ({resp.status}): {body.get('error', '')}"
 
+    async def verdict(self, path: str, verdict: str) -> None:
+        """POST a verdict (the API token: a supervisor's); the outcome goes to the message line."""
+        try:
+            async with aiohttp.ClientSession(headers=self.headers, timeout=aiohttp.ClientTimeout(total=15)) as s:
+                async with s.post(self.url + path, json={"verdict": verdict}) as resp:
+                    body = await resp.json(content_type=None) or {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            self.state.message = f"{verdict} not noted: {type(exc).__name__}"
+            return
+        self.state.message = (f"{verdict}: noted for call {body['call_id'][:8]}" if resp.status == 200
+                              else f"{verdict} not noted ({resp.status}): {body.get('error', '')}")
+
     async def _poll_health(self, s: aiohttp.ClientSession) -> None:
         while True:
             await asyncio.sleep(2.0)
@@ -308,6 +334,9 @@ class NatsTopClient:
 
     async def listen(self, call_id: str, supervisor: str, mode: str) -> None:
         self.state.message = f"{mode} goes through the call's daemon: run emovoice-top --url against it"
+
+    async def verdict(self, path: str, verdict: str) -> None:
+        self.state.message = "verdicts go through the call's daemon: run emovoice-top --url against it"
 
     async def _count_legs(self) -> None:
         while True:
@@ -349,6 +378,18 @@ async def top(make_client: Callable[[TopState], TopClient | NatsTopClient], refr
                 state.sort = key
             elif key in LISTEN_KEYS:
                 listen(LISTEN_KEYS[key])
+            elif key in VERDICT_KEYS:
+                verdict(VERDICT_KEYS[key])
+
+    def verdict(kind: str) -> None:
+        try:
+            path = state.verdict_path(kind)
+        except ValueError as exc:
+            state.message = str(exc)
+            return
+        job = asyncio.create_task(client.verdict(path, kind))
+        jobs.add(job)
+        job.add_done_callback(jobs.discard)
 
     def listen(mode: str) -> None:
         if not supervisor:

@@ -9,6 +9,31 @@ const liveCalls = new Set();
 const names = new Map();  // call_id -> its name (meta.name), shown instead of the id
 const onHold = new Set();  // calls whose caller's leg carries only music or tones (call.hold)
 let retryMs = 1000;
+let me = null;  // {agent, token}: also sent with each verdict
+
+// A verdict (POST .../feedback with the agent's own token); the element's buttons give way to what happened.
+async function verdict(path, body, el) {
+  try {
+    const resp = await fetch(path, { method: "POST", headers: { "Authorization": "Bearer " + me.token,
+      "Content-Type": "application/json" }, body: JSON.stringify({ ...body, agent: me.agent }) });
+    el.textContent = resp.ok ? "Thanks - noted." : "Not noted (" + resp.status + ")";
+  } catch (e) {
+    el.textContent = "Not noted (offline)";
+  }
+}
+
+function verdictButtons(escalationId) {
+  const div = document.createElement("div");
+  div.className = "verdict";
+  for (const [label, v] of [["Right", "confirmed"], ["Not upset", "dismissed"]]) {
+    const b = document.createElement("button");
+    b.textContent = label;
+    b.dataset.verdict = v;
+    b.onclick = () => verdict("/escalations/" + encodeURIComponent(escalationId) + "/feedback", { verdict: v }, div);
+    div.append(b);
+  }
+  return div;
+}
 
 function credentials() {
   const hash = new URLSearchParams(location.hash.slice(1));
@@ -31,6 +56,25 @@ function callName(callId) {
 function renderCalls() {
   document.getElementById("calls").textContent = liveCalls.size ? [...liveCalls].map(callName).join(", ") : "none";
   document.getElementById("idle").hidden = prompts.size > 0;
+  renderUpset();
+}
+
+// "Caller is upset": for each live call no prompt is shown for (nothing fired).
+function renderUpset() {
+  const box = document.getElementById("upset");
+  const prompted = new Set([...prompts.values()].map((el) => el.dataset.callId));
+  const want = [...liveCalls].filter((c) => !prompted.has(c));
+  for (const el of [...box.children]) if (!want.includes(el.dataset.callId)) el.remove();
+  for (const c of want) {
+    if (box.querySelector('[data-call-id="' + CSS.escape(c) + '"]')) continue;
+    const div = document.createElement("div");
+    div.dataset.callId = c;
+    const b = document.createElement("button");
+    b.textContent = "Caller is upset (" + callName(c) + ")";
+    b.onclick = () => verdict("/calls/" + encodeURIComponent(c) + "/feedback", { verdict: "upset" }, div);
+    div.append(b);
+    box.append(div);
+  }
 }
 
 function showPrompt(ev) {
@@ -45,6 +89,11 @@ function showPrompt(ev) {
   clearTimeout(el.dataset.timer);
   el.className = "prompt " + ev.severity;
   el.dataset.callId = ev.call_id;
+  if (ev.escalation_id && el.dataset.escalationId !== ev.escalation_id) {
+    el.dataset.escalationId = ev.escalation_id;
+    el.querySelector(".verdict")?.remove();
+    el.append(verdictButtons(ev.escalation_id));
+  }
   el.querySelector(".severity").textContent = ev.severity === "alert" ? "Alert" : "Watch";
   el.querySelector(".phrase").textContent = ev.phrase || ev.reason;
   el.querySelector(".meta").textContent =
@@ -111,6 +160,7 @@ function connect(cred) {
 }
 
 function begin(cred) {
+  me = cred;
   sessionStorage.setItem("emovoice.agent", cred.agent);
   sessionStorage.setItem("emovoice.token", cred.token);
   connect(cred);

@@ -103,7 +103,8 @@ function row(call) {
   if (!tr) {
     tr = document.createElement("tr");
     tr.innerHTML = "<td class=name></td><td class=queue></td><td class=agent></td><td class=cust></td><td class=ag></td>" +
-      "<td><canvas width=240 height=28></canvas></td><td class=cues></td><td class=time></td><td class=actions></td>";
+      "<td><canvas width=240 height=28></canvas></td><td class=cues></td><td class=time></td><td class=actions></td>" +
+      "<td class=verdict></td>";
     tr.onclick = (e) => { if (e.target.tagName !== "BUTTON") showTimeline(call.call_id); };
     tr.querySelector(".actions").innerHTML = '<button data-mode="listen">listen</button> <button data-mode="whisper">whisper</button>';
     tr.querySelectorAll("button").forEach((b) => { b.onclick = () => listen(call.call_id, b.dataset.mode); });
@@ -123,6 +124,7 @@ function row(call) {
   tr.querySelector(".cues").textContent = cues(call);
   tr.querySelector(".time").textContent = duration(end - call.started);
   tr.querySelector(".actions").hidden = !canListen || !!call.ended;
+  verdictButtons(tr.querySelector(".verdict"), call);
   const last = Math.max(0, ...Object.values(call.legs).map((l) => l.points.length ? l.points.at(-1)[0] : 0));
   plot(tr.querySelector("canvas"), call, Math.max(0, last - SPARK_S), Math.max(last, SPARK_S), false);
   return tr;
@@ -175,6 +177,34 @@ function drawTimeline() {
   $("tl-title").textContent = "Call " + (call.meta.name || call.call_id) + (call.meta.agent ? " - agent " + call.meta.agent : "");
   $("tl-source").textContent = archived ? "from history" : call.ended ? "ended" : "live";
   plot($("tl-canvas"), call, 0, end, true);
+}
+
+// Verdicts: confirm / dismiss the call's latest escalation, mark the call upset / calm (POST .../feedback).
+function verdictButtons(cell, call) {
+  const esc = call.marks.filter((m) => m.type === "escalation.raised" && m.escalation_id).at(-1);
+  const key = esc ? esc.escalation_id : "-";
+  if (cell.dataset.key === key) return;
+  cell.dataset.key = key;
+  cell.innerHTML = "";
+  const add = (label, verdict, path) => {
+    const b = document.createElement("button");
+    b.textContent = label; b.dataset.verdict = verdict;
+    b.onclick = () => giveVerdict(path, verdict, label);
+    cell.append(b, " ");
+  };
+  if (esc) {
+    const path = "/escalations/" + encodeURIComponent(esc.escalation_id) + "/feedback";
+    add("confirm", "confirmed", path); add("dismiss", "dismissed", path);
+  }
+  const path = "/calls/" + encodeURIComponent(call.call_id) + "/feedback";
+  add("upset", "upset", path); add("calm", "calm", path);
+}
+
+async function giveVerdict(path, verdict, label) {
+  const resp = await api(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                 body: JSON.stringify({ verdict }) });
+  const body = await resp.json().catch(() => ({}));
+  $("message").textContent = resp.ok ? `${label}: noted (${body.call_id})` : `${label} not noted (${resp.status}): ${body.error || ""}`;
 }
 
 async function listen(callId, mode) {

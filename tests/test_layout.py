@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "emovoice_daemon"
 # Highest first: a unit may import only units after it in this list (and itself).
-RANK = ["tools", "service", "learning", "ingest", "calls", "judgement", "scoring", "outputs", "config"]
+RANK = ["tools", "service", "ingest", "calls", "learning", "judgement", "scoring", "outputs", "config"]
 
 
 def unit_of(module: str) -> str | None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from emovoice_daemon.config import EscalationConfig
-from emovoice_daemon.judgement.policy import EscalationPolicy
+from emovoice_daemon.judgement.policy import replay as replay_scores
 from training.call_eval import CallOutcome, call_metrics
 
 BUDGET = {"calm_alert_pct": 5.0, "calm_any_pct": 15.0, "ramp_alert_before_onset_pct": 5.0}  # on validation calls
@@ -26,10 +26,7 @@ GRID = {"smoothing": (0.3, 0.5, 0.7), "enter": (0.5, 0.6, 0.7, 0.8, 0.85, 0.9), 
 
 def replay(outcome: CallOutcome, cfg: EscalationConfig) -> CallOutcome:
     """The call as it would have gone under ``cfg``: the same window scores through a fresh policy."""
-    policy = EscalationPolicy(cfg)
-    raised = [(tr.at, tr.severity) for _, end, p in outcome.scores
-              for tr in policy.update(end, {"NEGATIVE": p}) if tr.kind == "raised"]
-    return dataclasses.replace(outcome, raised=raised)
+    return dataclasses.replace(outcome, raised=replay_scores(cfg, ((end, p) for _, end, p in outcome.scores)))
 
 
 def candidates() -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import dataclasses
 import statistics
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from emovoice_daemon.config import EscalationConfig
 
@@ -158,6 +158,12 @@ class EscalationPolicy:
         while self.history[0][0] < t - self.cfg.trend_window_s - EPS:
             self.history.popleft()
         return s - min(v for _, v in self.history)
+
+
+def replay(cfg: EscalationConfig, scores: Iterable[tuple[float, float]]) -> list[tuple[float, str]]:
+    """``(at, severity)`` of each escalation a fresh policy raises over ``(window end, P(NEGATIVE))`` scores."""
+    policy = EscalationPolicy(cfg)
+    return [(tr.at, tr.severity) for t, p in scores for tr in policy.update(t, {"NEGATIVE": p}) if tr.kind == "raised"]
 
 
 def _since(since: float | None, condition: bool, t: float) -> float | None:

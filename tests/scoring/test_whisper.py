@@ -155,10 +155,10 @@ def tiny_encoder_dir(path: Path) -> Path:
     return path
 
 
-def tiny_head_dir(path: Path, encoder: Path) -> Path:
+def tiny_head_dir(path: Path, encoder: Path, head_hidden: int = 0) -> Path:
     whisper = {k: TINY[k] for k in ("d_model", "num_mel_bins", "encoder_attention_heads", "encoder_ffn_dim", "max_source_positions")}
     model = EmoVoiceWhisperForAudioClassification(EmoVoiceWhisperConfig(encoder=str(encoder), whisper=whisper, encoder_layers=1,
-                                                                         layers=[0, 1], temperature=1.5))
+                                                                         layers=[0, 1], head_hidden=head_hidden, temperature=1.5))
     randomised(model.head, seed=1)
     model.save_pretrained(path, state_dict=model.head_state_dict())
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False).save_pretrained(path)

@@ -1,0 +1,328 @@
+"""Refit a Whisper-encoder model on a site's verdicts: what is cheap and safe, validated on calls it did not fit.
+
+What is refitted: the head's **last layer** (weights and bias, on the hidden activations of the frozen first
+layer: the NEGATIVE operating point lives in its bias) and the escalation **thresholds** (``enter``, with ``exit``
+and ``alert`` kept at their offsets from it). Everything else (encoder, first layer, standardisation, temperature,
+smoothing) stays, so a refit model reads the same features as its parent.
+
+How: the site's verdict windows (standardised as the daemon's line adaptation does: the site mean of
+``site_stats``, else the training mean; the training spread) are mixed with the **replay set** the model directory
+ships (``replay.npz``: hidden activations of CREMA-D training actors' windows with their 3-class labels, written by
+``emovoice-train head``) so the training classes are not forgotten. The loss is the verdicts' binary NLL of
+P(NEGATIVE) ("upset" or not; NEUTRAL and POSITIVE are both "not upset"), class-balanced, plus the replay set's
+class-balanced cross-entropy, plus an L2 pull toward the current weights; full-batch L-BFGS. ``enter`` is the
+grid value with the fewest call-level mistakes on the fitted calls (ties: nearest the current one).
+
+Validation: the verdict calls are dealt into folds (calls with an upset window and calls without dealt
+separately); each fold is scored by a refit on the other folds and by the current model. A verdict call's windows,
+in the order given, are replayed through the daemon's :class:`EscalationPolicy` as consecutive 1 s hops: a call
+without an upset window is a mistake if it alerts, a call with one is a mistake unless it alerts at or after its
+first upset window. ``improved``: fewer mistakes (or as many and a lower NLL), with the replay set's UAR within
+``FORGET_UAR`` of before. The model written is refitted on all verdict calls.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from emovoice_daemon.config import EscalationConfig
+from emovoice_daemon.judgement.policy import replay
+
+log = logging.getLogger(__name__)
+
+REPLAY_FILE = "replay.npz"  # hidden: float16[M, H], labels: int8[M] (class index), in the model directory
+LEARNED_FILE = "learned.json"  # provenance of a refitted directory
+ESCALATION_FILE = "escalation.json"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_TYPE = "emovoice-whisper"
+MIN_CALLS_EACH = 2  # verdict calls with an upset window, and without, needed to fit and validate
+FOLDS = 3
+HOP_S, WINDOW_S = 1.0, 3.0  # verdict windows of a call are replayed as consecutive hops
+ANCHOR = 1e-3  # L2 pull toward the current last layer, per weight
+REPLAY_WEIGHTS = (1.0, 4.0, 16.0, 64.0)  # the replay set's loss against the verdicts' (each a class-balanced mean)
+ENTER_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+FORGET_UAR = 0.02  # the replay set's UAR may fall this much at most
+
+
+@dataclass
+class SiteVerdicts:
+    """Verdict windows of a site: what agents and supervisors said about the windows of their calls."""
+
+    features: np.ndarray  # float32[N, F], unnormalised pooled head inputs (WindowResult.features)
+    upset: np.ndarray  # bool[N]: the verdict says the caller was upset in this window
+    calls: np.ndarray  # str[N]: call id of each window (validation splits by call, never by window)
+
+    def __post_init__(self) -> None:
+        self.features = np.asarray(self.features, np.float32)
+        self.upset = np.asarray(self.upset, bool)
+        self.calls = np.asarray(self.calls).astype(str)
+        n = len(self.features)
+        if self.features.ndim != 2 or self.upset.shape != (n,) or self.calls.shape != (n,):
+            raise ValueError(f"verdicts: features [N, F], upset [N] and calls [N] disagree: "
+                             f"{self.features.shape}, {self.upset.shape}, {self.calls.shape}")
+
+
+@dataclass
+class RefitReport:
+    """Validation of the current and the refitted model on verdict calls neither was fitted on."""
+
+    improved: bool
+    before: dict[str, float]
+    after: dict[str, float]
+
+    def summary(self) -> str:
+        keys = [k for k in self.before if k in self.after]
+        rows = [f"  {k}: {self.before[k]:.3g} -> {self.after[k]:.3g}" for k in keys]
+        verdict = "improved" if self.improved else "not improved (keep the current model)"
+        return "\n".join([f"refit on site verdicts: {verdict}", *rows])
+
+
+@dataclass
+class _Model:
+    """The parts of an emovoice-whisper directory a refit reads and writes."""
+
+    tensors: dict[str, np.ndarray]
+    config: dict[str, Any]
+    escalation: dict[str, Any]
+    replay: tuple[np.ndarray, np.ndarray] | None  # (hidden float32[M, H], labels int[M])
+
+    @property
+    def last(self) -> str:
+        return "head.2" if "head.2.weight" in self.tensors else "head"
+
+    @property
+    def negative(self) -> int:
+        return int(self.config["label2id"]["NEGATIVE"])
+
+    def hidden(self, z: np.ndarray) -> np.ndarray:
+        """The last layer's input for standardised features."""
+        if self.last == "head":
+            return z
+        return np.maximum(z @ self.tensors["head.0.weight"].T + self.tensors["head.0.bias"], 0.0).astype(np.float32)
+
+
+def _load(model_dir: Path) -> _Model:
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("model_type") != MODEL_TYPE:
+        raise ValueError(f"{model_dir}: only Whisper-encoder models ({MODEL_TYPE}) can be refitted, "
+                         f"not {config.get('model_type')!r}")
+    esc_file = model_dir / ESCALATION_FILE
+    escalation = json.loads(esc_file.read_text()) if esc_file.is_file() else {}
+    replay_set = None
+    if (model_dir / REPLAY_FILE).is_file():
+        with np.load(model_dir / REPLAY_FILE) as z:
+            replay_set = (z["hidden"].astype(np.float32), z["labels"].astype(np.int64))
+    return _Model(load_file(str(model_dir / WEIGHTS_FILE)), config, escalation, replay_set)
+
+
+def _site_mean(site_stats: Path | None, prior: np.ndarray) -> np.ndarray:
+    """The site mean the daemon's adapter learnt (``site-stats.npz``), else the model's training mean."""
+    if site_stats is None or not Path(site_stats).is_file():
+        return prior
+    try:
+        with np.load(site_stats) as z:
+            mean = np.asarray(z["mean"], np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("site statistics %s unreadable (%s): refitting with the model's training mean", site_stats, exc)
+        return prior
+    if mean.shape != prior.shape:
+        log.warning("site statistics %s are for another model: refitting with the model's training mean", site_stats)
+        return prior
+    return mean
+
+
+def _p_negative(hidden: np.ndarray, w: np.ndarray, b: np.ndarray, temperature: float, neg: int) -> np.ndarray:
+    logits = (hidden @ w.T + b) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p[:, neg] / p.sum(axis=1)
+
+
+def _balanced(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per-sample weights giving each present class the same total weight, summing to 1."""
+    counts = torch.bincount(labels, minlength=classes).float()
+    present = int((counts > 0).sum())
+    return (1.0 / (present * counts.clamp(min=1)))[labels]
+
+
+def _fit_last(model: _Model, hidden: np.ndarray, upset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The last layer refitted on verdict windows (+ the replay set), anchored at the current weights; the replay
+    set weighs more (x4 at a time) while its UAR falls more than FORGET_UAR."""
+    w0, b0 = (model.tensors[f"{model.last}.{k}"].astype(np.float32) for k in ("weight", "bias"))
+    floor = (_replay_uar(model, w0, b0) or 0.0) - FORGET_UAR
+    for weight in REPLAY_WEIGHTS:
+        w, b = _lbfgs(model, hidden, upset, weight)
+        if (_replay_uar(model, w, b) or 1.0) >= floor:
+            break
+    return w, b
+
+
+def _lbfgs(model: _Model, hidden: np.ndarray, upset: np.ndarray, replay_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    w0 = torch.from_numpy(model.tensors[f"{model.last}.weight"].astype(np.float32))
+    b0 = torch.from_numpy(model.tensors[f"{model.last}.bias"].astype(np.float32))
+    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    t, neg = float(model.config.get("temperature", 1.0)), model.negative
+    others = [i for i in range(w0.shape[0]) if i != neg]
+    x, y = torch.from_numpy(hidden), torch.from_numpy(upset.astype(np.int64))
+    site_w = _balanced(y, 2)
+    if model.replay is not None:
+        rx, ry = torch.from_numpy(model.replay[0]), torch.from_numpy(model.replay[1])
+        replay_w = _balanced(ry, w0.shape[0])
+    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logp = torch.log_softmax((x @ w.T + b) / t, dim=1)
+        nll = torch.where(y.bool(), -logp[:, neg], -torch.logsumexp(logp[:, others], dim=1))
+        loss = (site_w * nll).sum() + ANCHOR * ((w - w0).square().sum() + (b - b0).square().sum())
+        if model.replay is not None:
+            rlogp = torch.log_softmax((rx @ w.T + b) / t, dim=1)
+            loss = loss + replay_weight * (replay_w * -rlogp.gather(1, ry[:, None])[:, 0]).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def _call_windows(calls: np.ndarray) -> dict[str, np.ndarray]:
+    return {c: np.flatnonzero(calls == c) for c in dict.fromkeys(calls)}
+
+
+def _mistakes(p: np.ndarray, upset: np.ndarray, calls: dict[str, np.ndarray],
+              cfg_of: dict[str, EscalationConfig]) -> tuple[int, int, int, int]:
+    """(calm calls alerted, calm calls, upset calls not alerted at/after their first upset window, upset calls),
+    each call replayed under its own thresholds."""
+    calm_alerted = calm = missed = angry = 0
+    for c, idx in calls.items():
+        ends = WINDOW_S + HOP_S * np.arange(len(idx))
+        alerts = [at for at, sev in replay(cfg_of[c], zip(ends, p[idx])) if sev == "alert"]
+        first = np.flatnonzero(upset[idx])
+        if len(first):
+            angry += 1
+            missed += not any(at >= ends[first[0]] for at in alerts)
+        else:
+            calm += 1
+            calm_alerted += bool(alerts)
+    return calm_alerted, calm, missed, angry
+
+
+def _with_enter(cfg: EscalationConfig, enter: float) -> EscalationConfig:
+    shift = enter - cfg.enter
+    clip = lambda v: float(min(0.99, max(0.01, round(v + shift, 3))))  # noqa: E731
+    return dataclasses.replace(cfg, enter=enter, exit=clip(cfg.exit), alert=clip(cfg.alert))
+
+
+def _choose_enter(p: np.ndarray, upset: np.ndarray, calls: dict[str, np.ndarray], cfg: EscalationConfig) -> EscalationConfig:
+    def cost(c: EscalationConfig) -> tuple[float, float]:
+        calm_alerted, calm, missed, angry = _mistakes(p, upset, calls, dict.fromkeys(calls, c))
+        return calm_alerted / max(calm, 1) + missed / max(angry, 1), abs(c.enter - cfg.enter)
+
+    return min((_with_enter(cfg, e) for e in ENTER_GRID), key=cost)
+
+
+def _metrics(p: np.ndarray, upset: np.ndarray, calls: dict[str, np.ndarray], cfg_of: dict[str, EscalationConfig],
+             replay_uar: float | None) -> dict[str, float]:
+    calm_alerted, calm, missed, angry = _mistakes(p, upset, calls, cfg_of)
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    nll = -np.where(upset, np.log(q), np.log(1 - q))
+    weights = np.where(upset, 0.5 / max(upset.sum(), 1), 0.5 / max((~upset).sum(), 1))
+    out = {"calls": float(len(calls)), "calm_alert_pct": 100.0 * calm_alerted / max(calm, 1),
+           "upset_alerted_pct": 100.0 * (angry - missed) / max(angry, 1),
+           "mistakes": float(calm_alerted + missed), "nll": float((weights * nll).sum())}
+    if replay_uar is not None:
+        out["replay_uar"] = replay_uar
+    return out
+
+
+def _replay_uar(model: _Model, w: np.ndarray, b: np.ndarray) -> float | None:
+    if model.replay is None:
+        return None
+    hidden, labels = model.replay
+    pred = (hidden @ w.T + b).argmax(axis=1)
+    return float(np.mean([np.mean(pred[labels == k] == k) for k in np.unique(labels)]))
+
+
+def _folds(calls: dict[str, np.ndarray], upset: np.ndarray, seed: int) -> list[list[str]]:
+    """Calls dealt into folds, those with an upset window and those without separately (seeded)."""
+    rng = np.random.default_rng(seed)
+    angry = [c for c, idx in calls.items() if upset[idx].any()]
+    calm = [c for c in calls if c not in set(angry)]
+    if min(len(angry), len(calm)) < MIN_CALLS_EACH:
+        raise ValueError(f"too little to learn from: {len(angry)} verdict calls with an upset caller and {len(calm)} "
+                         f"without (at least {MIN_CALLS_EACH} of each)")
+    n = min(FOLDS, len(angry), len(calm))
+    folds: list[list[str]] = [[] for _ in range(n)]
+    for group in (angry, calm):
+        for i, c in enumerate(rng.permutation(group)):
+            folds[i % n].append(str(c))
+    return folds
+
+
+def refit(model_dir: Path, verdicts: SiteVerdicts, out_dir: Path, *, site_stats: Path | None = None,
+          seed: int = 0) -> RefitReport:
+    """Refit the model at ``model_dir`` on ``verdicts``, validate by call, write the refitted directory to
+    ``out_dir`` (with ``learned.json``); ValueError (one line) when there is too little to learn from."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model = _load(model_dir)
+    mean = _site_mean(site_stats, model.tensors["feature_mean"])
+    if verdicts.features.shape[1] != len(mean):
+        raise ValueError(f"verdict features have {verdicts.features.shape[1]} values per window, the model reads {len(mean)}")
+    z = ((verdicts.features - mean) / model.tensors["feature_std"]).astype(np.float32)
+    hidden, upset = model.hidden(z), verdicts.upset
+    calls = _call_windows(verdicts.calls)
+    folds = _folds(calls, upset, seed)
+    base = dataclasses.replace(EscalationConfig(), **model.escalation)
+    t, neg = float(model.config.get("temperature", 1.0)), model.negative
+    w0, b0 = model.tensors[f"{model.last}.weight"], model.tensors[f"{model.last}.bias"]
+    p_before, p_after = _p_negative(hidden, w0, b0, t, neg), np.zeros(len(z))
+    after_cfgs: dict[str, EscalationConfig] = {}
+    for fold in folds:
+        fit_idx = np.concatenate([idx for c, idx in calls.items() if c not in fold])
+        w, b = _fit_last(model, hidden[fit_idx], upset[fit_idx])
+        p_fit = _p_negative(hidden, w, b, t, neg)
+        cfg = _choose_enter(p_fit, upset, {c: calls[c] for c in calls if c not in fold}, base)
+        for c in fold:
+            p_after[calls[c]] = p_fit[calls[c]]
+            after_cfgs[c] = cfg
+    w, b = _fit_last(model, hidden, upset)
+    final = _choose_enter(_p_negative(hidden, w, b, t, neg), upset, calls, base)
+    before = _metrics(p_before, upset, calls, dict.fromkeys(calls, base), _replay_uar(model, w0, b0))
+    after = _metrics(p_after, upset, calls, after_cfgs, _replay_uar(model, w, b))
+    before["enter"], after["enter"] = base.enter, final.enter
+    improved = (after["mistakes"], after["nll"]) < (before["mistakes"], before["nll"]) and (
+        "replay_uar" not in before or after["replay_uar"] >= before["replay_uar"] - FORGET_UAR)
+    report = RefitReport(improved, before, after)
+    _write(model_dir, model, out_dir, (w, b), final, verdicts, report)
+    return report
+
+
+def _write(model_dir: Path, model: _Model, out_dir: Path, last: tuple[np.ndarray, np.ndarray], cfg: EscalationConfig,
+           verdicts: SiteVerdicts, report: RefitReport) -> None:
+    """A complete loadable directory: the parent's files, the new last layer, thresholds and provenance."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in (WEIGHTS_FILE, ESCALATION_FILE, LEARNED_FILE):
+            shutil.copy2(f, out_dir / f.name)
+    tensors = dict(model.tensors)
+    tensors[f"{model.last}.weight"], tensors[f"{model.last}.bias"] = (a.astype(np.float32) for a in last)
+    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    escalation = {**model.escalation, "enter": cfg.enter, "exit": cfg.exit, "alert": cfg.alert}
+    (out_dir / ESCALATION_FILE).write_text(json.dumps(escalation, indent=1) + "\n")
+    calls = set(verdicts.calls)
+    learned = {"parent": str(model_dir.resolve()), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "verdict_calls": len(calls), "upset_calls": len(set(verdicts.calls[verdicts.upset])),
+               "verdict_windows": len(verdicts.upset), "upset_windows": int(verdicts.upset.sum()),
+               "replay_windows": 0 if model.replay is None else len(model.replay[1]),
+               "improved": report.improved, "before": report.before, "after": report.after, "escalation": escalation}
+    (out_dir / LEARNED_FILE).write_text(json.dumps(learned, indent=1) + "\n")

@@ -101,7 +101,7 @@ class SupervisorBoard:
         elif kind == "call.hold":
             leg.on_hold = bool(event["on_hold"])
         elif kind == "escalation.raised":
-            call.marks.append({k: event.get(k) for k in ("type", "role", "severity", "reason", "at")})
+            call.marks.append({k: event.get(k) for k in ("type", "role", "severity", "reason", "at", "escalation_id")})
         elif kind == "escalation.cleared":
             for mark in self._open_marks(call, role, event.get("reason")):
                 mark["cleared_at"] = event["at"]

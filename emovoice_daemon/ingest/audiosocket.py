@@ -326,12 +326,17 @@ class AudioSocketServer:
 
     async def start(self) -> None:
         limit = resolve_max_connections(self.cfg.max_connections)
+        metrics.AUDIOSOCKET_CONNECTIONS.set_function(self.live)
         for role, port in [(self.cfg.role, self.cfg.port), *self.cfg.role_ports.items()]:
-            listener = Listener(self.cfg.host, port, role, limit, lambda: len(self._serving), self._serve,
+            listener = Listener(self.cfg.host, port, role, limit, self.live, self._serve,
                                 self.refusals)
             listener.start()
             self._listeners.append(listener)
             log.info("audiosocket listening on %s (role %s, at most %d connections)", listener.address, role, limit)
+
+    def live(self) -> int:
+        """Connections open now (from accept until the connection ends)."""
+        return len(self._serving)
 
     @property
     def address(self) -> str:

@@ -22,6 +22,8 @@ AUDIOSOCKET_ERRORS = Counter(
     "emovoice_audiosocket_errors_total", "AudioSocket connections closed for bad input or rejected", ["reason"],
     registry=REGISTRY,
 )
+AUDIOSOCKET_CONNECTIONS = Gauge("emovoice_audiosocket_connections", "AudioSocket connections open now (the "
+                                "audiosocket.max_connections cap counts these)", registry=REGISTRY)
 RTP_PACKETS = Counter("emovoice_rtp_packets_total", "RTP packets accepted into a stream", registry=REGISTRY)
 RTP_DROPPED = Counter(
     "emovoice_rtp_packets_dropped_total", "RTP datagrams dropped (malformed, unknown_source, payload_type, late, "

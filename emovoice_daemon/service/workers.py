@@ -71,8 +71,12 @@ class WorkerPool:
         self._started = True
         cfg = self.config.audiosocket
         limit = resolve_max_connections(cfg.max_connections)
+        def live() -> int:
+            return sum(w.connections for w in self.workers)
+
+        metrics.AUDIOSOCKET_CONNECTIONS.set_function(live)
         for role, port in [(cfg.role, cfg.port), *cfg.role_ports.items()]:
-            listener = Listener(cfg.host, port, role, limit, lambda: sum(w.connections for w in self.workers),
+            listener = Listener(cfg.host, port, role, limit, live,
                                 self._dispatch, self.refusals)
             listener.start()
             self._listeners.append(listener)

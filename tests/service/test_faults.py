@@ -46,11 +46,23 @@ def live_legs(daemon: DaemonProcess) -> int:
     return json.loads(daemon.get("/health")[1])["legs"]
 
 
-async def wait_no_legs(daemon: DaemonProcess, timeout: float = 30) -> None:
+def open_connections(daemon: DaemonProcess) -> int:
+    """``emovoice_audiosocket_connections`` from the daemon's /metrics."""
+    text = daemon.get("/metrics", daemon.token)[1].decode()
+    return int(float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("emovoice_audiosocket_connections "))))
+
+
+async def wait_until_none(count, daemon: DaemonProcess, what: str, timeout: float = 30) -> None:
+    """Poll ``count(daemon)`` until it reads 0."""
     deadline = time.monotonic() + timeout
-    while await asyncio.to_thread(live_legs, daemon):
-        assert time.monotonic() < deadline, "legs still live"
+    while await asyncio.to_thread(count, daemon):
+        assert time.monotonic() < deadline, f"{what} still open after {timeout} s"
         await asyncio.sleep(0.2)
+
+
+async def wait_no_legs(daemon: DaemonProcess, timeout: float = 30) -> None:
+    await wait_until_none(live_legs, daemon, "legs", timeout)
 
 
 async def test_faults_cost_healthy_calls_no_event(tmp_path: Path) -> None:
@@ -155,6 +167,7 @@ async def test_more_connections_than_file_descriptors_leave_the_daemon_answering
         health = json.loads(body)
         assert status == 200 and health["status"] == "degraded", health
         assert "audiosocket.max_connections (272)" in health["reasons"]["connections"]
+        assert await asyncio.to_thread(open_connections, daemon) == 272
         stderr = daemon.stderr_path.read_text()
         assert "out of system resource" not in stderr and "Traceback" not in stderr
         assert stderr.count("refusing connections") <= 2, stderr[-2000:]
@@ -162,6 +175,8 @@ async def test_more_connections_than_file_descriptors_leave_the_daemon_answering
         for sock in idle:
             sock.close()
     try:
+        # the daemon lets the closed connections go (a call arriving while they still count is refused by design)
+        await wait_until_none(open_connections, daemon, "AudioSocket connections", 60)
         call_id = str(uuid.uuid4())
         await play_call("127.0.0.1", daemon.audiosocket_port, voiced_audio(3), call_id)
         daemon.wait_for(lambda ev: any(e["type"] == "call.ended" and e["call_id"] == call_id for e in ev))

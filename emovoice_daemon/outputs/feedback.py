@@ -169,10 +169,15 @@ def add_routes(app: web.Application, desk: FeedbackDesk, token_of: Callable[[web
     """The two feedback routes (their own auth: ``OWN_AUTH`` paths pass the API's token check)."""
 
     async def handle(request: web.Request, decide: Callable[[str, Any, str, Any], Event]) -> web.Response:
-        subject = request.match_info["id"]
+        subject, token = request.match_info["id"], token_of(request)
         try:
-            data = await _body(request)
-            event = decide(subject, data.get("verdict"), token_of(request), data.get("agent"))
+            try:
+                data = await _body(request)
+            except Refused:
+                if not hmac.compare_digest(token.encode(), desk.api_token.encode()):
+                    raise Refused(401, "missing or wrong bearer token") from None  # who it is comes with the body
+                raise
+            event = decide(subject, data.get("verdict"), token, data.get("agent"))
         except Refused as exc:
             log.warning("feedback refused: %s %s from %s: %d %s", request.method, request.path, request.remote,
                         exc.status, exc)

@@ -125,3 +125,21 @@ def test_a_call_with_a_name_in_its_meta_shows_its_name_and_agent() -> None:
     text = screen(state, time.time())
     assert re.search(r"calm-then-angry\s+│?\s*201", text), text  # the demo's name, as its console prints it
     assert "9e8d7c6b" in text and "5f0c1d2e" not in text
+
+
+def test_verdict_keys_name_the_selected_calls_escalation_or_the_call() -> None:
+    import pytest
+
+    from emovoice_daemon.tools.top import TopState
+
+    state = TopState()
+    with pytest.raises(ValueError, match="select a call"):
+        state.verdict_path("confirmed")
+    state.apply({"type": "call.started", "call_id": "c1", "role": "customer", "ts": 1.0, "meta": {}})
+    state.move(1)
+    assert state.verdict_path("upset") == "/calls/c1/feedback"
+    with pytest.raises(ValueError, match="no escalation"):
+        state.verdict_path("dismissed")
+    state.apply({"type": "escalation.raised", "call_id": "c1", "role": "customer", "ts": 2.0, "severity": "alert",
+                 "escalation_id": "e9"})
+    assert state.verdict_path("confirmed") == "/escalations/e9/feedback"

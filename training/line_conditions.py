@@ -5,7 +5,8 @@
 fax tones (DTMF, ringback, busy, SIT, fax CNG and CED), comfort noise, and office babble (calm speech of speakers
 mixed low, as from the next desk).
 
-*Impairments* of a caller's audio: G.711 A-law, GSM 06.10 (through sox), packet loss with frame-repeat
+*Impairments* of a caller's audio: G.711 A-law, GSM 06.10 (through sox), G.722 on a wideband leg then µ-law at
+8 kHz (through ffmpeg), packet loss with frame-repeat
 concealment, clipping, and levels 20 dB down or up.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from emovoice_daemon.scoring.resample import resample
 from training.augment import TELEPHONE_RATE, add_noise, g711_roundtrip, to_telephone_rate
 from training.calls import Call
 
@@ -125,6 +127,20 @@ def gsm_roundtrip(x: np.ndarray) -> np.ndarray:
     return y[: len(x)] if len(y) >= len(x) else np.pad(y, (0, len(x) - len(y)))
 
 
+def g722_roundtrip(x: np.ndarray) -> np.ndarray:
+    """A wideband leg: 8 kHz audio up to 16 kHz, G.722 (64 kbit/s) and back through ffmpeg, then down to 8 kHz."""
+    if shutil.which("ffmpeg") is None:
+        raise RuntimeError("ffmpeg is not installed (apt install ffmpeg)")
+    wide = np.clip(np.rint(resample(np.clip(x, -1, 1), RATE, 16000) * 32767), -32768, 32767).astype("<i2")
+    quiet = ["ffmpeg", "-hide_banner", "-loglevel", "error"]
+    coded = subprocess.run([*quiet, "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-", "-c:a", "g722", "-f", "g722", "-"],
+                           input=wide.tobytes(), check=True, capture_output=True).stdout
+    back = subprocess.run([*quiet, "-f", "g722", "-i", "-", "-f", "s16le", "-ar", "16000", "-ac", "1", "-"],
+                          input=coded, check=True, capture_output=True).stdout
+    y = resample(np.frombuffer(back, "<i2").astype(np.float32) / 32768.0, 16000, RATE)
+    return y[: len(x)] if len(y) >= len(x) else np.pad(y, (0, len(x) - len(y)))
+
+
 def packet_loss(x: np.ndarray, rng: np.random.Generator, loss: float = 0.05, frame_s: float = 0.02) -> np.ndarray:
     """Lose ``loss`` of the 20 ms packets; each lost one is concealed by the previous frame at half level."""
     n = int(frame_s * RATE)
@@ -137,6 +153,7 @@ def packet_loss(x: np.ndarray, rng: np.random.Generator, loss: float = 0.05, fra
 IMPAIRMENTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "alaw": lambda x, rng: g711_roundtrip(np.clip(x, -1, 1), "alaw"),
     "gsm": lambda x, rng: gsm_roundtrip(x),
+    "g722": lambda x, rng: g711_roundtrip(np.clip(g722_roundtrip(x), -1, 1), "ulaw"),
     "loss5": lambda x, rng: packet_loss(x, rng),
     "clipped": lambda x, rng: np.clip(x * 4.0, -0.25, 0.25) * 3.0,
     "minus20db": lambda x, rng: x * 0.1,

@@ -2,14 +2,18 @@
 
 ``emovoice-train head`` fits a head on cached Whisper features (:class:`training.train_whisper.FeatureCache`) of the
 shipped fold's training actors minus the call-level validation actors (:mod:`training.heldout`), with a label map
-chosen for calls: by default NEGATIVE is *anger and disgust* (an upset caller), NEUTRAL is neutral speech, POSITIVE is
-happiness, and sadness and fear - which read as calm, low-energy speech on a phone line and are not what a call centre
-escalates - are left out. The epoch is chosen on the validation actors' clips; the operating point and policy are
-then chosen on their whole calls (``emovoice-train calls --choose``) and written to the model's ``escalation.json``.
+chosen for calls: by default NEGATIVE is *anger* alone (an upset caller), NEUTRAL is neutral speech, POSITIVE is
+happiness; sadness, fear and disgust - which read as calm, low-energy speech on a phone line and are not what a call
+centre escalates - are left out. *Machine speech* (:mod:`training.machine_speech`: the training halves of recorded
+prompt packages, espeak-ng's training voices) can be added as NEUTRAL windows: a recorded or synthesised voice is calm
+by construction. The epoch is chosen on the validation actors' clips; the operating point and policy are then chosen
+on their whole calls (``emovoice-train calls --choose``) and written to the model's ``escalation.json``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ import torch
 
 from training.corpora import CLASSES
 from training.heldout import cremad_split
+from training.machine_speech import training_windows
 from training.loop import Log, TrainSettings
 from training.calibration import fit_temperature
 from training.train_whisper import FeatureCache, Head, HeadOptions, fit_head, select, site_stats
@@ -31,10 +36,32 @@ def relabel(emotions: np.ndarray, label_map: Mapping[str, str | None]) -> np.nda
     return np.array([CLASSES.index(label_map[e]) if label_map.get(e) else -1 for e in emotions])
 
 
+@dataclass(frozen=True)
+class _Window:
+    path: Path
+
+
+@dataclass
+class MachineSpeech:
+    """Machine-speech windows in the shape :class:`FeatureCache` encodes (keyed by their samples)."""
+
+    name: str
+    utts: list[_Window]
+    store: list[np.ndarray]
+
+    @classmethod
+    def build(cls, sources: Sequence[str], seconds: float, seed: int) -> MachineSpeech:
+        """``seconds`` of each source's training side, as 3 s windows."""
+        store = [w for s in sources for w in training_windows(s, seconds, seed=seed)]
+        keys = [Path("machine-speech", hashlib.sha1(w.tobytes()).hexdigest()[:16]) for w in store]
+        return cls("machine speech " + "+".join(sources), [_Window(k) for k in keys], store)
+
+
 def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Mapping[str, str | None],  # noqa: ANN001
-                    settings: TrainSettings, seed: int, log: Log) -> Head:
+                    settings: TrainSettings, seed: int, log: Log, machine: MachineSpeech | None = None) -> Head:
     """Fit on the training actors' ``opts.train_conditions`` (standardised by the training statistics: the daemon's
-    ``adapt: false``), choose the epoch and temperature on the validation actors' telephony clips."""
+    ``adapt: false``) and ``machine`` speech as NEUTRAL under the same conditions, choose the epoch and temperature on
+    the validation actors' telephony clips."""
     split = cremad_split(data.utts)
     speakers = np.array([u.speaker for u in data.utts])
     y = relabel(np.array([u.emotion for u in data.utts]), label_map)
@@ -43,11 +70,16 @@ def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Map
     feats = {c: select(cache.get(data, c), opts.layers) for c in opts.train_conditions}
     mean, std = site_stats(np.concatenate([feats[c][tr] for c in opts.train_conditions]))
     z = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
-    x = np.concatenate([z(feats[c][tr]) for c in opts.train_conditions])
+    x = [z(feats[c][tr]) for c in opts.train_conditions]
+    labels = [y[tr]] * len(opts.train_conditions)
+    if machine is not None and machine.store:
+        x += [z(select(cache.get(machine, c), opts.layers)) for c in opts.train_conditions]
+        labels += [np.full(len(machine.store), CLASSES.index("NEUTRAL"))] * len(opts.train_conditions)
     x_val = z(select(cache.get(data, "telephony"), opts.layers)[va])
     log(f"head: {len(tr)} training clips x {len(opts.train_conditions)} conditions ({len(split['train'])} actors), "
+        f"{len(machine.store) if machine else 0} machine-speech windows as NEUTRAL, "
         f"{len(va)} validation clips ({len(split['val'])} actors)")
-    head = fit_head(x, np.tile(y[tr], len(opts.train_conditions)), x_val, y[va], opts.head_hidden, settings, seed, log)
+    head = fit_head(np.concatenate(x), np.concatenate(labels), x_val, y[va], opts.head_hidden, settings, seed, log)
     with torch.no_grad():
         val_logits = head(torch.from_numpy(x_val)).numpy()
     return Head(head, mean, std, fit_temperature(val_logits, y[va]))

@@ -63,6 +63,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 CALL_CORPORA = ("cremad", "ravdess", "emovo", "urdu")
+MACHINE_SPEECH = ("prompts-fr", "prompts-it", "prompts-ru", "espeak")  # the shipped head: no voice the evaluation plays
 
 
 def cmd_calls(args: argparse.Namespace) -> None:
@@ -107,7 +108,8 @@ def cmd_calls(args: argparse.Namespace) -> None:
             for imp in IMPAIRMENTS:
                 rows[f"{name}, {imp}"] = call_metrics(run(imp, impaired(ramps, imp, args.seed)))
             calm = [c.audio[: int(c.calm_until_s * 8000)] for c in calls if c.kind == "calm"]
-            out["line"], line_md = line_report(run("no-caller calls", no_caller_calls(calm, args.seed)))
+            line = run("no-caller calls (site taught by the corpus' callers)", calls + no_caller_calls(calm, args.seed))
+            out["line"], line_md = line_report([o for o in line if o.call.kind == "line"])
             print(line_md)
     print(table(rows))
     if args.json:
@@ -118,7 +120,7 @@ def cmd_calls(args: argparse.Namespace) -> None:
 def cmd_head(args: argparse.Namespace) -> None:
     """Train the call-level encoder head on CREMA-D's training actors and export it (escalation.json comes from
     ``emovoice-train calls --choose``)."""
-    from training.call_head import ANGER_LABELS, UPSET_LABELS, train_call_head
+    from training.call_head import ANGER_LABELS, UPSET_LABELS, MachineSpeech, train_call_head
     from training.config import load_config
     from training.corpora import CREMAD_LABELS
     from training.run import load
@@ -132,7 +134,8 @@ def cmd_head(args: argparse.Namespace) -> None:
     cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
     labels = {"upset": UPSET_LABELS, "anger": ANGER_LABELS, "corpus": CREMAD_LABELS}[args.labels]
     settings = dataclasses.replace(cfg.train, epochs=args.epochs)
-    head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log)
+    machine = MachineSpeech.build(args.machine_speech, args.machine_seconds, cfg.seed) if args.machine_speech else None
+    head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log, machine)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
     export(head, opts, Path(args.out), card)
     log(f"exported to {args.out}")
@@ -231,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="upset: NEGATIVE = anger and disgust, sadness and fear left out; anger: anger alone; "
                         "corpus: every negative emotion")
     h.add_argument("--conditions", nargs="+", default=["telephony", "aug1"], help="cached conditions to train on")
+    h.add_argument("--machine-speech", nargs="*", default=list(MACHINE_SPEECH), metavar="SOURCE",
+                   help="machine speech trained on as NEUTRAL (training halves only): prompts-<en|es|fr|it|ru> "
+                        "(Asterisk's prompt packages), espeak (espeak-ng's training voices); none: leave the option empty "
+                        "(default: %(default)s)")
+    h.add_argument("--machine-seconds", type=float, default=600.0, help="seconds of each machine-speech source")
     h.add_argument("--hidden", type=int, default=256)
     h.add_argument("--epochs", type=int, default=20)
     h.add_argument("--threads", type=int, default=1)

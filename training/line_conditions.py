@@ -1,7 +1,8 @@
 """Line conditions: calls with no upset human on them, and the impairments a real line puts over a caller.
 
 *No-caller calls* (none of them should raise an alert): hold music and Asterisk's own recorded prompts (Debian's
-``asterisk-moh-opsound-wav`` and ``asterisk-core-sounds-en-wav``, read from where they install), call-progress and
+``asterisk-moh-opsound-wav`` and ``asterisk-core-sounds-en-wav``, read from where they install), music synthesised
+here (chords, bass, arpeggio), IVR phrases in espeak-ng voices, call-progress and
 fax tones (DTMF, ringback, busy, SIT, fax CNG and CED), comfort noise, and office babble (calm speech of speakers
 mixed low, as from the next desk).
 
@@ -21,12 +22,12 @@ import numpy as np
 import soundfile as sf
 
 from emovoice_daemon.scoring.resample import resample
-from training.augment import TELEPHONE_RATE, add_noise, g711_roundtrip, to_telephone_rate
+from training.augment import TELEPHONE_RATE, add_noise, g711_roundtrip
 from training.calls import Call
+from training.machine_speech import ESPEAK_EVAL_VOICES, PROMPTS_ROOT, espeak_clips, prompt_files, read_8k, sequence
 
 RATE = TELEPHONE_RATE
 MOH_DIR = Path("/usr/share/asterisk/moh")
-PROMPTS_DIR = Path("/usr/share/asterisk/sounds/en")
 CALL_S = 90.0
 
 
@@ -64,22 +65,31 @@ def comfort_noise(rng: np.random.Generator, seconds: float, dbfs: float = -55.0)
     return (x / np.sqrt(np.mean(x * x)) * 10 ** (dbfs / 20)).astype(np.float32)
 
 
-def _read(path: Path) -> np.ndarray:
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return to_telephone_rate(data.mean(axis=1), rate)
-
-
 def _loop(x: np.ndarray, seconds: float) -> np.ndarray:
     return np.tile(x, int(np.ceil(seconds * RATE / max(len(x), 1))))[: int(seconds * RATE)]
 
 
-def prompt_sequence(files: Sequence[Path], rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """Recorded prompts one after another with short pauses, as an IVR or a voicemail greeting plays them."""
-    parts, total = [], 0
-    while total < seconds * RATE:
-        parts += [_read(files[int(rng.integers(len(files)))]), np.zeros(int(rng.uniform(0.2, 0.8) * RATE), np.float32)]
-        total += len(parts[-2]) + len(parts[-1])
-    return np.concatenate(parts)[: int(seconds * RATE)]
+def _note(freq: float, seconds: float, decay: float) -> np.ndarray:
+    """A tone with three decaying harmonics, a 10 ms attack and an exponential decay (``decay`` per second)."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = sum(a * np.sin(2 * np.pi * k * freq * t) for k, a in ((1, 1.0), (2, 0.5), (3, 0.25)) if k * freq < RATE / 2)
+    return (x * np.minimum(t / 0.01, 1.0) * np.exp(-decay * t)).astype(np.float32)
+
+
+def synth_music(rng: np.random.Generator, seconds: float, dbfs: float = -20.0) -> np.ndarray:
+    """Music made here, in no sound package: I-V-vi-IV chords in a random key and tempo, a bass line and an
+    arpeggio over them."""
+    root = 220.0 * 2 ** (int(rng.integers(12)) / 12)
+    bar = float(rng.uniform(1.6, 2.6))
+    notes = lambda steps, octave: [root * 2 ** (octave + s / 12) for s in steps]  # noqa: E731
+    bars = []
+    for chord in ((0, 4, 7), (7, 11, 14), (9, 12, 16), (5, 9, 12)):
+        pad = sum(_note(f, bar, 0.6) for f in notes(chord, 0)) * 0.3 + _note(notes(chord[:1], -1)[0], bar, 1.5)
+        step = bar / 8
+        arp = np.concatenate([_note(f, step, 6.0) for f in notes(chord, 1) * 3][:8])
+        bars.append(pad + 0.5 * np.pad(arp, (0, len(pad) - len(arp))))
+    x = _loop(np.concatenate(bars), seconds)
+    return (x / np.sqrt(np.mean(x * x)) * 10 ** (dbfs / 20)).astype(np.float32)
 
 
 def babble(calm_clips: Sequence[np.ndarray], rng: np.random.Generator, seconds: float, talkers: int = 3,
@@ -94,15 +104,22 @@ def babble(calm_clips: Sequence[np.ndarray], rng: np.random.Generator, seconds: 
 
 
 def no_caller_calls(calm_clips: Sequence[np.ndarray], seed: int = 0, moh_dir: Path = MOH_DIR,
-                    prompts_dir: Path = PROMPTS_DIR, seconds: float = CALL_S) -> list[Call]:
-    """Every no-caller call this machine can build (hold music and prompts only where their packages are installed)."""
+                    prompts_root: Path = PROMPTS_ROOT, seconds: float = CALL_S) -> list[Call]:
+    """Every no-caller call this machine can build (hold music and prompts only where their packages are installed,
+    espeak-ng voices only where it is). Prompts are the evaluation half of Asterisk's English files and the voices
+    espeak-ng's evaluation voices: never what the call head trained on (:mod:`training.machine_speech`)."""
     rng = np.random.default_rng(seed)
     audio: dict[str, np.ndarray] = {}
     for f in sorted(moh_dir.glob("*.wav"))[:5] if moh_dir.is_dir() else []:
-        audio[f"hold-music-{f.stem}"] = _loop(_read(f), seconds)
-    prompts = sorted(prompts_dir.glob("*.wav")) if prompts_dir.is_dir() else []
+        audio[f"hold-music-{f.stem}"] = _loop(read_8k(f), seconds)
+    for i in range(2):
+        audio[f"synth-music-{i}"] = synth_music(rng, seconds)
+    prompts = [read_8k(f) for f in prompt_files("en", True, prompts_root)]
     for i in range(5 if prompts else 0):
-        audio[f"prompts-{i}"] = prompt_sequence(prompts, rng, seconds)
+        audio[f"prompts-{i}"] = sequence(prompts, rng, seconds)
+    if shutil.which("espeak-ng"):
+        for i in range(2):
+            audio[f"espeak-ivr-{i}"] = sequence(espeak_clips(ESPEAK_EVAL_VOICES, rng, 40), rng, seconds)
     audio.update({
         "dtmf": dtmf_digits(rng, seconds), "ringback": _cadence((440, 480), 2.0, 4.0, seconds),
         "busy": _cadence((480, 620), 0.5, 0.5, seconds), "sit": sit_tones(seconds),

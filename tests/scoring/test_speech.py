@@ -30,9 +30,9 @@ def hold_music(seconds: float) -> np.ndarray:
     files = sorted(MOH_DIR.glob("*.wav"))
     if not files:
         pytest.skip(f"no hold music in {MOH_DIR}: apt install asterisk-moh-opsound-wav (./dev test does)")
-    from training.line_conditions import _read
+    from training.machine_speech import read_8k
 
-    x = _read(files[0])
+    x = read_8k(files[0])
     return int16(np.tile(x, int(np.ceil(seconds * RATE / len(x))))[: int(seconds * RATE)])
 
 

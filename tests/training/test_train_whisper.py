@@ -1,6 +1,7 @@
 """The Whisper-encoder protocol end to end on a tiny random encoder: feature cache, folds, tables, export."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from transformers import WhisperConfig, WhisperModel
 
 from emovoice_daemon.config import ModelConfig
 from emovoice_daemon.scoring.models.loader import load_classifier
+from training.cli import main as cli_main
 from training.config import load_config
 from training.corpora import load_corpus
 from training.run import run
@@ -83,3 +85,14 @@ def test_protocol_prints_tables_exports_a_loadable_head_and_reuses_its_cache(con
     again: list[str] = []
     run(load_config(config), again.append)
     assert not [line for line in again if "encoding" in line]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (./dev test installs it)")
+def test_head_command_trains_machine_speech_as_neutral_and_exports(config: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "head"
+    cli_main(["head", "--config", str(config), "--out", str(out), "--epochs", "2", "--machine-speech", "espeak",
+              "--machine-seconds", "6"])
+    log = capsys.readouterr().out
+    assert "2 machine-speech windows as NEUTRAL" in log and "encoding machine speech espeak" in log
+    assert load_classifier(ModelConfig(path=str(out), adapt=False)).predict(np.zeros((1, 24000), np.float32)).shape == (1, 3)

@@ -105,6 +105,7 @@ def cmd_calls(args: argparse.Namespace) -> None:
             _choose(outcomes, config, args.choose)
         if args.line_conditions and kind == args.corpus[0].partition("=")[0]:
             ramps = [c for c in calls if c.kind == "calm_angry"]
+            rows[f"{name}, calm→angry calls alone"] = call_metrics(run("calm→angry alone", ramps))  # what impairments change
             for imp in IMPAIRMENTS:
                 rows[f"{name}, {imp}"] = call_metrics(run(imp, impaired(ramps, imp, args.seed)))
             calm = [c.audio[: int(c.calm_until_s * 8000)] for c in calls if c.kind == "calm"]
@@ -129,12 +130,15 @@ def cmd_head(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, {})
     opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden})
+    try:
+        machine = MachineSpeech.build(args.machine_speech, args.machine_seconds, cfg.seed) if args.machine_speech else None
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        raise SystemExit(f"emovoice-train head: {exc}") from None
     log = _log_to(None)
     data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
     cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
     labels = {"upset": UPSET_LABELS, "anger": ANGER_LABELS, "corpus": CREMAD_LABELS}[args.labels]
     settings = dataclasses.replace(cfg.train, epochs=args.epochs)
-    machine = MachineSpeech.build(args.machine_speech, args.machine_seconds, cfg.seed) if args.machine_speech else None
     head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log, machine)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
     export(head, opts, Path(args.out), card)

@@ -24,7 +24,7 @@ import soundfile as sf
 from emovoice_daemon.scoring.resample import resample
 from training.augment import TELEPHONE_RATE, add_noise, g711_roundtrip
 from training.calls import Call
-from training.machine_speech import ESPEAK_EVAL_VOICES, PROMPTS_ROOT, espeak_clips, prompt_files, read_8k, sequence
+from training.machine_speech import ESPEAK_EVAL_VOICES, espeak_clips, prompt_files, read_8k, sequence
 
 RATE = TELEPHONE_RATE
 MOH_DIR = Path("/usr/share/asterisk/moh")
@@ -104,7 +104,7 @@ def babble(calm_clips: Sequence[np.ndarray], rng: np.random.Generator, seconds: 
 
 
 def no_caller_calls(calm_clips: Sequence[np.ndarray], seed: int = 0, moh_dir: Path = MOH_DIR,
-                    prompts_root: Path = PROMPTS_ROOT, seconds: float = CALL_S) -> list[Call]:
+                    prompts_root: Path | None = None, seconds: float = CALL_S) -> list[Call]:
     """Every no-caller call this machine can build (hold music and prompts only where their packages are installed,
     espeak-ng voices only where it is). Prompts are the evaluation half of Asterisk's English files and the voices
     espeak-ng's evaluation voices: never what the call head trained on (:mod:`training.machine_speech`)."""

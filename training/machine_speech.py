@@ -52,9 +52,9 @@ def evaluation_file(path: Path) -> bool:
     return hashlib.sha1(path.name.encode()).digest()[0] < 128
 
 
-def prompt_files(language: str, evaluation: bool, root: Path = PROMPTS_ROOT) -> list[Path]:
+def prompt_files(language: str, evaluation: bool, root: Path | None = None) -> list[Path]:
     """One half of a prompt package's top-level files (none when the package is not installed)."""
-    folder = root / language
+    folder = (root or PROMPTS_ROOT) / language
     files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
     return [f for f in files if evaluation_file(f) == evaluation]
 
@@ -107,7 +107,9 @@ def training_windows(source: str, seconds: float, window_s: float = 3.0, seed: i
     rng = np.random.default_rng([seed, *source.encode()])
     clips = source_clips(source, False, rng, seconds)
     if not clips:
-        return []
+        language = source.removeprefix("prompts-")
+        raise FileNotFoundError(f"no {source} files in {PROMPTS_ROOT / language} "
+                                f"(apt install asterisk-core-sounds-{language}-wav)")
     x = sequence(clips, rng, seconds)
     n = int(window_s * RATE)
     return [x[i:i + n] for i in range(0, len(x) - n + 1, n)]

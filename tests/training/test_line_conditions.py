@@ -8,6 +8,7 @@ import pytest
 
 from emovoice_daemon.tools.demo import bundled_calls
 from training import machine_speech as ms
+from training.cli import main as cli_main
 from training.line_conditions import IMPAIRMENTS, g722_roundtrip
 
 
@@ -47,6 +48,9 @@ def test_espeak_training_voices_are_another_family_than_the_evaluation_voices() 
     assert not train_variants & eval_variants
 
 
-def test_unknown_source_is_one_clear_error() -> None:
+def test_unknown_source_or_missing_package_is_one_clear_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="unknown machine-speech source"):
         ms.training_windows("prompts-xx", 10.0)
+    monkeypatch.setattr(ms, "PROMPTS_ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="apt install asterisk-core-sounds-fr-wav"):
+        cli_main(["head", "--out", str(tmp_path / "m"), "--machine-speech", "prompts-fr"])

@@ -57,16 +57,34 @@ class MachineSpeech:
         return cls("machine speech " + "+".join(sources), [_Window(k) for k in keys], store)
 
 
-def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Mapping[str, str | None],  # noqa: ANN001
-                    settings: TrainSettings, seed: int, log: Log, machine: MachineSpeech | None = None) -> Head:
-    """Fit on the training actors' ``opts.train_conditions`` (standardised by the training statistics: the daemon's
-    ``adapt: false``) and ``machine`` speech as NEUTRAL under the same conditions, choose the epoch and temperature on
-    the validation actors' telephony clips."""
+def _clips(data, label_map: Mapping[str, str | None]) -> tuple[dict[str, list[str]], np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+    """The shipped fold's actors, each clip's class (-1: left out), the training and validation actors' clips."""
     split = cremad_split(data.utts)
     speakers = np.array([u.speaker for u in data.utts])
     y = relabel(np.array([u.emotion for u in data.utts]), label_map)
     tr = np.flatnonzero(np.isin(speakers, split["train"]) & (y >= 0))
     va = np.flatnonzero(np.isin(speakers, split["val"]) & (y >= 0))
+    return split, y, tr, va
+
+
+def replay_windows(data, cache: FeatureCache, opts: HeadOptions,  # noqa: ANN001
+                   label_map: Mapping[str, str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a site refit replays (:func:`emovoice_daemon.learning.refit.write_replay`): the CREMA-D training actors'
+    windows the head trains on (every training condition, unnormalised; machine speech is not replayed), and as guard
+    windows the validation actors' telephony clips (never fitted on); their classes, and which are guard windows."""
+    _, y, tr, va = _clips(data, label_map)
+    feats = [select(cache.get(data, c), opts.layers)[tr] for c in opts.train_conditions]
+    feats.append(select(cache.get(data, "telephony"), opts.layers)[va])
+    guard = np.r_[np.zeros(len(tr) * len(opts.train_conditions), bool), np.ones(len(va), bool)]
+    return np.concatenate(feats), np.r_[np.tile(y[tr], len(opts.train_conditions)), y[va]], guard
+
+
+def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Mapping[str, str | None],  # noqa: ANN001
+                    settings: TrainSettings, seed: int, log: Log, machine: MachineSpeech | None = None) -> Head:
+    """Fit on the training actors' ``opts.train_conditions`` (standardised by the training statistics: the daemon's
+    ``adapt: false``) and ``machine`` speech as NEUTRAL under the same conditions, choose the epoch and temperature on
+    the validation actors' telephony clips."""
+    split, y, tr, va = _clips(data, label_map)
     feats = {c: select(cache.get(data, c), opts.layers) for c in opts.train_conditions}
     mean, std = site_stats(np.concatenate([feats[c][tr] for c in opts.train_conditions]))
     z = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731

@@ -118,31 +118,86 @@ def cmd_calls(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
 
-def cmd_head(args: argparse.Namespace) -> None:
-    """Train the call-level encoder head on CREMA-D's training actors and export it (escalation.json comes from
-    ``emovoice-train calls --choose``)."""
-    from training.call_head import ANGER_LABELS, UPSET_LABELS, MachineSpeech, train_call_head
+def cmd_site_sim(args: argparse.Namespace) -> None:
+    """Site learning simulated: verdicts of k calls per corpus, refit, the other speakers' whole calls (issue #26)."""
+    from training.call_eval import FeatureMemo
+    from training.calls import build_calls
+    from training.heldout import corpus_speakers, load_call_corpus
+    from training.site_sim import HEADER, HeldOut, Site, simulate, summary
+
+    torch.set_num_threads(args.threads)
+    config, classifier = _daemon_model(args)
+    memo = FeatureMemo(classifier, Path(args.memo)) if args.memo else None
+    site = Site(config, classifier, config.escalation)
+    log = _log_to(None)
+    held = HeldOut(args.cache_dir, classifier.model.config.layers, log)
+    lines, out = [], {}
+    for spec in args.corpus:
+        kind, _, path = spec.partition("=")
+        utts, store = load_call_corpus(kind, Path(path or f"../shared/data/{kind}"), args.cache_dir)
+        calls = build_calls(utts, [store[i] for i in range(len(utts))], corpus_speakers(kind, utts, "test"),
+                            calls_per_kind=args.calls_per_kind, seed=args.seed)
+        log(f"{kind}: {len(calls)} calls of {len({c.speaker for c in calls})} speakers")
+        out[kind] = simulate(site, calls, held, args.splits, args.k, log)
+        if memo is not None:
+            memo.save()
+        lines += summary(kind, out[kind])
+        print(HEADER + "\n" + "\n".join(lines), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+
+
+def _head_inputs(args: argparse.Namespace, layers: list[int] | None = None):  # noqa: ANN202 (lazy imports)
+    """The whisper config's head options (``layers`` from an existing head), CREMA-D, its feature cache, the labels."""
+    from training.call_head import ANGER_LABELS, UPSET_LABELS
     from training.config import load_config
     from training.corpora import CREMAD_LABELS
     from training.run import load
-    from training.train_whisper import FeatureCache, HeadOptions, export
+    from training.train_whisper import FeatureCache, HeadOptions
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, {})
-    opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden})
-    try:
-        machine = MachineSpeech.build(args.machine_speech, args.machine_seconds, cfg.seed) if args.machine_speech else None
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        raise SystemExit(f"emovoice-train head: {exc}") from None
+    opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden,
+                                  **({"layers": layers} if layers else {})})
     log = _log_to(None)
     data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
     cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
     labels = {"upset": UPSET_LABELS, "anger": ANGER_LABELS, "corpus": CREMAD_LABELS}[args.labels]
+    return cfg, opts, data, cache, labels, log
+
+
+def cmd_head(args: argparse.Namespace) -> None:
+    """Train the call-level encoder head on CREMA-D's training actors and export it with its replay set
+    (escalation.json comes from ``emovoice-train calls --choose``)."""
+    from training.call_head import MachineSpeech, train_call_head
+    from training.train_whisper import export
+
+    cfg, opts, data, cache, labels, log = _head_inputs(args)
+    try:
+        machine = MachineSpeech.build(args.machine_speech, args.machine_seconds, cfg.seed) if args.machine_speech else None
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        raise SystemExit(f"emovoice-train head: {exc}") from None
     settings = dataclasses.replace(cfg.train, epochs=args.epochs)
     head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log, machine)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
     export(head, opts, Path(args.out), card)
+    _write_replay(Path(args.out), data, cache, opts, labels, cfg.seed, log)
     log(f"exported to {args.out}")
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    """(Re)write an existing encoder head's replay set from the training actors it was trained on."""
+    layers = json.loads((Path(args.model) / "config.json").read_text())["layers"]
+    cfg, opts, data, cache, labels, log = _head_inputs(args, layers)
+    _write_replay(Path(args.model), data, cache, opts, labels, cfg.seed, log)
+
+
+def _write_replay(model_dir: Path, data, cache, opts, labels, seed: int, log) -> None:  # noqa: ANN001
+    from emovoice_daemon.learning.refit import write_replay
+    from training.call_head import replay_windows
+
+    path = write_replay(model_dir, *replay_windows(data, cache, opts, labels), seed=seed)
+    log(f"replay set {path}: {path.stat().st_size / 1e6:.2f} MB")
 
 
 def _choose(outcomes: list, config, out: str) -> None:  # noqa: ANN001
@@ -231,13 +286,23 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--choose", metavar="ESCALATION_JSON",
                    help="choose the escalation settings on these calls (use --speakers val) and write them here")
     c.set_defaults(func=cmd_calls)
+    s = sub.add_parser("site-sim", help="site learning simulated: verdicts of k calls, refit, the other speakers' calls")
+    s.add_argument("--model", help="encoder model directory (default: the daemon's default model)")
+    s.add_argument("--config", help="daemon config YAML whose escalation/pipeline/model keys apply")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=YAML", help="a daemon config value")
+    s.add_argument("--corpus", nargs="+", default=["urdu", "emovo", "ravdess", "cremad"], metavar="KIND[=PATH]",
+                   help="corpora (CREMA-D: its held-out test actors)")
+    s.add_argument("--k", type=int, nargs="+", default=[0, 5, 10, 20, 50], help="verdict calls")
+    s.add_argument("--splits", type=int, default=5, help="speaker splits (verdict side / scored side) per corpus")
+    s.add_argument("--calls-per-kind", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0, help="call-building seed")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--cache-dir", default=str(default_cache_dir()), help="decoded audio and feature cache")
+    s.add_argument("--memo", default="", help="file memoising encoder features per window (see calls --memo)")
+    s.add_argument("--json", help="write every split's rows here")
+    s.set_defaults(func=cmd_site_sim, adapt=None)
     h = sub.add_parser("head", help="train the call-level Whisper-encoder head on CREMA-D training actors and export it")
-    h.add_argument("--config", type=Path, default=Path("training/configs/whisper.yaml"), help="encoder, cache and corpus settings")
     h.add_argument("--out", required=True, help="model directory to write")
-    h.add_argument("--labels", choices=("upset", "anger", "corpus"), default="anger",
-                   help="upset: NEGATIVE = anger and disgust, sadness and fear left out; anger: anger alone; "
-                        "corpus: every negative emotion")
-    h.add_argument("--conditions", nargs="+", default=["telephony", "aug1"], help="cached conditions to train on")
     h.add_argument("--machine-speech", nargs="*", default=list(MACHINE_SPEECH), metavar="SOURCE",
                    help="machine speech trained on as NEUTRAL (training halves only): prompts-<en|es|fr|it|ru> "
                         "(Asterisk's prompt packages), espeak (espeak-ng's training voices); none: leave the option empty "
@@ -245,9 +310,20 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--machine-seconds", type=float, default=600.0, help="seconds of each machine-speech source")
     h.add_argument("--hidden", type=int, default=256)
     h.add_argument("--epochs", type=int, default=20)
-    h.add_argument("--threads", type=int, default=1)
     h.add_argument("--card", help="model card (README.md) to write with it")
     h.set_defaults(func=cmd_head)
+    r = sub.add_parser("replay", help="(re)write an encoder head's replay set (replay.npz, for site refits) from the "
+                                      "CREMA-D training actors it was trained on")
+    r.add_argument("--model", required=True, help="the head's model directory")
+    r.set_defaults(func=cmd_replay, hidden=0)
+    for p in (h, r):
+        p.add_argument("--config", type=Path, default=Path("training/configs/whisper.yaml"),
+                       help="encoder, cache and corpus settings")
+        p.add_argument("--labels", choices=("upset", "anger", "corpus"), default="anger",
+                       help="upset: NEGATIVE = anger and disgust, sadness and fear left out; anger: anger alone; "
+                            "corpus: every negative emotion")
+        p.add_argument("--conditions", nargs="+", default=["telephony", "aug1"], help="cached conditions to train on")
+        p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from safetensors.numpy import load_file
 
 from emovoice_daemon.config import ModelConfig
-from emovoice_daemon.learning.refit import REPLAY_FILE, SiteVerdicts, refit
+from emovoice_daemon.learning import refit as refit_module
+from emovoice_daemon.learning.refit import MAX_REPLAY_BYTES, REPLAY_FILE, SiteVerdicts, refit, write_replay
 from emovoice_daemon.scoring.models.loader import COMPACT_DIR, load_classifier, read_escalation
 from tests.scoring.test_whisper import tiny_encoder_dir, tiny_head_dir
 
@@ -23,11 +25,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     head = tiny_head_dir(root / "head", tiny_encoder_dir(root / "enc"), head_hidden=16)
     (head / "escalation.json").write_text(json.dumps({"smoothing": 0.7, "enter": 0.7, "exit": 0.5, "alert": 0.8,
                                                       "min_duration_s": 1.0}))
-    # the replay set: training windows' hidden activations, labelled as the shipped head labels them
-    hidden = np.random.default_rng(5).random((300, 16)).astype(np.float16)
-    last = load_file(str(head / "model.safetensors"))
-    labels = (hidden.astype(np.float32) @ last["head.2.weight"].T + last["head.2.bias"]).argmax(1)
-    np.savez(head / REPLAY_FILE, hidden=hidden, labels=labels.astype(np.int8))
+    # the replay set: training windows, labelled as the shipped head labels them; a third of them guard windows
+    tensors = load_file(str(head / "model.safetensors"))
+    feats = tensors["feature_mean"] + 3 * np.random.default_rng(5).standard_normal((3000, FEATURES)).astype(np.float32)
+    z = (feats - tensors["feature_mean"]) / tensors["feature_std"]
+    hidden = np.maximum(z @ tensors["head.0.weight"].T + tensors["head.0.bias"], 0)
+    labels = (hidden @ tensors["head.2.weight"].T + tensors["head.2.bias"]).argmax(1)
+    write_replay(head, feats, labels, np.arange(3000) % 3 == 0)
     return head
 
 
@@ -72,6 +76,21 @@ def test_refit_learns_the_sites_anger_and_writes_a_loadable_versioned_directory(
     with torch.no_grad():
         logits = clf.model.classify(torch.from_numpy(z.astype(np.float32))).numpy()
     assert np.mean(logits.argmax(1)[new_calls.upset] == 0) > 0.8 and np.mean(logits.argmax(1)[~new_calls.upset] == 0) < 0.2
+
+
+def test_replay_set_is_float16_class_balanced_within_its_budget(model_dir: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    with np.load(model_dir / REPLAY_FILE) as z:
+        assert z["hidden"].dtype == np.float16 and z["hidden"].shape == (3000, 16)  # all of it: under the budget
+        assert (z["guard"].sum(), z["hidden"].nbytes <= MAX_REPLAY_BYTES) == (1000, True)
+    small = tmp_path / "small"
+    shutil.copytree(model_dir, small)
+    monkeypatch.setattr(refit_module, "MAX_REPLAY_BYTES", 2 * 16 * 3 * 90)  # 60 replayed, 30 guard windows a class
+    rng = np.random.default_rng(0)
+    write_replay(small, rng.standard_normal((900, FEATURES)), np.arange(900) % 3, np.arange(900) >= 600)
+    with np.load(small / REPLAY_FILE) as z:
+        assert list(np.bincount(z["labels"][~z["guard"]])) == [60] * 3
+        assert list(np.bincount(z["labels"][z["guard"]])) == [30] * 3
 
 
 def test_noise_is_not_called_an_improvement(model_dir: Path, tmp_path: Path) -> None:

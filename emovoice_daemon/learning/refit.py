@@ -11,7 +11,8 @@ ships (``replay.npz``: hidden activations of CREMA-D training actors' windows wi
 ``emovoice-train head``) so the training classes are not forgotten. The loss is the verdicts' binary NLL of
 P(NEGATIVE) ("upset" or not; NEUTRAL and POSITIVE are both "not upset"), class-balanced, plus the replay set's
 class-balanced cross-entropy, plus an L2 pull toward the current weights; full-batch L-BFGS. ``enter`` is the
-grid value with the fewest call-level mistakes on the fitted calls (ties: nearest the current one).
+middle of the grid values with the fewest call-level mistakes on the verdict calls, each scored by a refit that did not
+see it (below).
 
 Validation: the verdict calls are dealt into folds (calls with an upset window and calls without dealt
 separately); each fold is scored by a refit on the other folds and by the current model. A verdict call's windows,
@@ -229,11 +230,15 @@ def _with_enter(cfg: EscalationConfig, enter: float) -> EscalationConfig:
 
 
 def _choose_enter(p: np.ndarray, upset: np.ndarray, calls: dict[str, np.ndarray], cfg: EscalationConfig) -> EscalationConfig:
-    def cost(c: EscalationConfig) -> tuple[float, float]:
-        calm_alerted, calm, missed, angry = _mistakes(p, upset, calls, dict.fromkeys(calls, c))
-        return calm_alerted / max(calm, 1) + missed / max(angry, 1), abs(c.enter - cfg.enter)
+    """The middle of the ``enter`` values with the fewest call-level mistakes (a margin on both sides; ties of an
+    even count go to the higher: a false alert costs the agents' trust)."""
+    def cost(enter: float) -> float:
+        calm_alerted, calm, missed, angry = _mistakes(p, upset, calls, dict.fromkeys(calls, _with_enter(cfg, enter)))
+        return calm_alerted / max(calm, 1) + missed / max(angry, 1)
 
-    return min((_with_enter(cfg, e) for e in ENTER_GRID), key=cost)
+    costs = {e: cost(e) for e in ENTER_GRID}
+    best = [e for e in ENTER_GRID if costs[e] <= min(costs.values()) + 1e-9]
+    return _with_enter(cfg, best[len(best) // 2])
 
 
 def _metrics(p: np.ndarray, upset: np.ndarray, calls: dict[str, np.ndarray], cfg_of: dict[str, EscalationConfig],
@@ -324,7 +329,7 @@ def refit(model_dir: Path, verdicts: SiteVerdicts, out_dir: Path, *, site_stats:
             p_after[calls[c]] = p_fit[calls[c]]
             after_cfgs[c] = cfg
     w, b = _fit_last(model, hidden, upset)
-    final = _choose_enter(_p_negative(hidden, w, b, t, neg), upset, calls, base)
+    final = _choose_enter(p_after, upset, calls, base)  # on every call as a refit without it scored it
     before = _metrics(p_before, upset, calls, dict.fromkeys(calls, base), _replay_uar(model, w0, b0))
     after = _metrics(p_after, upset, calls, after_cfgs, _replay_uar(model, w, b))
     before["enter"], after["enter"] = base.enter, final.enter

@@ -70,12 +70,17 @@ def test_refit_learns_the_sites_anger_and_writes_a_loadable_versioned_directory(
     assert (learned["verdict_calls"], learned["upset_calls"], learned["verdict_windows"]) == (12, 6, 144)
     assert learned["parent"] == str(model_dir.resolve()) and learned["improved"] is True
     assert (out / REPLAY_FILE).is_file()  # a refit of the refit still remembers the training classes
-    # the refit model's P(NEGATIVE) follows the site's anger on calls it never saw
+    # on calls it never saw, the refit model reads the site's anger as NEGATIVE and its calm as not; its parent did not
     new_calls = site_calls(4, 7)
-    z = (new_calls.features - new["feature_mean"]) / new["feature_std"]
+    parent = load_classifier(ModelConfig(path=str(model_dir), adapt=False))
+    z = torch.from_numpy(((new_calls.features - new["feature_mean"]) / new["feature_std"]).astype(np.float32))
+    upset, calm = (negative(clf, z)[m].mean() for m in (new_calls.upset, ~new_calls.upset))
+    assert upset > 0.5 > calm and negative(parent, z)[new_calls.upset].mean() < 0.5
+
+
+def negative(clf, z: torch.Tensor) -> np.ndarray:  # noqa: ANN001
     with torch.no_grad():
-        logits = clf.model.classify(torch.from_numpy(z.astype(np.float32))).numpy()
-    assert np.mean(logits.argmax(1)[new_calls.upset] == 0) > 0.8 and np.mean(logits.argmax(1)[~new_calls.upset] == 0) < 0.2
+        return clf.probs_from_logits(clf.model.classify(z))[:, 0]
 
 
 def test_replay_set_is_float16_class_balanced_within_its_budget(model_dir: Path, tmp_path: Path,

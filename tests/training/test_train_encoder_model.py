@@ -43,3 +43,19 @@ def test_loads_with_the_fetched_encoder_and_scores_windows(tmp_path: Path) -> No
     x = (0.05 * np.random.default_rng(0).standard_normal((2, 48000))).astype(np.float32)
     p = clf.predict(x, ["a", "b"])
     assert p.shape == (2, 3) and np.allclose(p.sum(1), 1.0, atol=1e-5)
+
+
+def test_ships_a_replay_set_of_this_head_for_site_refits() -> None:
+    from emovoice_daemon.learning.refit import MAX_REPLAY_BYTES
+
+    path = ENCODER_DIR / "replay.npz"
+    assert path.stat().st_size <= MAX_REPLAY_BYTES
+    with np.load(path) as z:
+        stored, labels, guard = z["hidden"], z["labels"], z["guard"]
+    hidden = stored.astype(np.float32)
+    assert stored.dtype == np.float16 and hidden.shape[1] == json.loads((ENCODER_DIR / "config.json").read_text())["head_hidden"]
+    assert guard.any() and set(labels[guard]) == set(labels[~guard]) == {0, 1, 2}
+    last = load_file(ENCODER_DIR / "model.safetensors")
+    pred = (hidden @ last["head.2.weight"].T + last["head.2.bias"]).argmax(1)
+    uar = lambda part: np.mean([np.mean(pred[part & (labels == k)] == k) for k in range(3)])  # noqa: E731
+    assert uar(~guard) > 0.95 and 0.7 < uar(guard) < uar(~guard)  # activations of this head: fitted / unseen actors

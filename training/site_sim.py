@@ -221,14 +221,15 @@ def simulate(site: Site, calls: Sequence[Call], held: HeldOut, splits: int, ks: 
 
 
 def _refit(site: Site, used: Sequence[CallOutcome], tap: FeatureTap, stats: Path, out: Path, seed: int) -> str:
-    feats, upset, names = [], [], []
+    feats, upset, names, callers = [], [], [], []
     for o in used:
         labels = verdict_labels(o)
         keep = labels >= 0
         feats.append(tap.windows(o)[0][keep])
         upset.append(labels[keep] == 1)
         names += [o.call.name] * int(keep.sum())
-    verdicts = SiteVerdicts(np.concatenate(feats), np.concatenate(upset), np.array(names))
+        callers += [o.call.speaker] * int(keep.sum())
+    verdicts = SiteVerdicts(np.concatenate(feats), np.concatenate(upset), np.array(names), np.array(callers))
     try:
         report = refit(Path(site.classifier.model_dir), verdicts, out, site_stats=stats, seed=seed)
     except ValueError as exc:

@@ -14,8 +14,9 @@ class-balanced cross-entropy, plus an L2 pull toward the current weights; full-b
 middle of the grid values with the fewest call-level mistakes on the verdict calls, each scored by a refit that did not
 see it (below).
 
-Validation: the verdict calls are dealt into folds (calls with an upset window and calls without dealt
-separately); each fold is scored by a refit on the other folds and by the current model. A verdict call's windows,
+Validation: the verdict calls are dealt into folds by caller (``SiteVerdicts.callers`` where known, else each call is
+its own caller: a caller heard in the fit would flatter the validation); each fold is scored by a refit on the other
+folds and by the current model. A verdict call's windows,
 in the order given, are replayed through the daemon's :class:`EscalationPolicy` as consecutive 1 s hops: a call
 without an upset window is a mistake if it alerts, a call with one is a mistake unless it alerts at or after its
 first upset window. ``improved``: fewer mistakes (or as many and a lower NLL), with the replay set's UAR within
@@ -63,15 +64,17 @@ class SiteVerdicts:
     features: np.ndarray  # float32[N, F], unnormalised pooled head inputs (WindowResult.features)
     upset: np.ndarray  # bool[N]: the verdict says the caller was upset in this window
     calls: np.ndarray  # str[N]: call id of each window (validation splits by call, never by window)
+    callers: np.ndarray | None = None  # str[N]: the caller, where known (e.g. the number): their calls stay together
 
     def __post_init__(self) -> None:
         self.features = np.asarray(self.features, np.float32)
         self.upset = np.asarray(self.upset, bool)
         self.calls = np.asarray(self.calls).astype(str)
+        self.callers = self.calls if self.callers is None else np.asarray(self.callers).astype(str)
         n = len(self.features)
-        if self.features.ndim != 2 or self.upset.shape != (n,) or self.calls.shape != (n,):
-            raise ValueError(f"verdicts: features [N, F], upset [N] and calls [N] disagree: "
-                             f"{self.features.shape}, {self.upset.shape}, {self.calls.shape}")
+        if self.features.ndim != 2 or {self.upset.shape, self.calls.shape, self.callers.shape} != {(n,)}:
+            raise ValueError(f"verdicts: features [N, F], upset, calls and callers [N] disagree: {self.features.shape}, "
+                             f"{self.upset.shape}, {self.calls.shape}, {self.callers.shape}")
 
 
 @dataclass
@@ -244,7 +247,8 @@ def _choose_enter(p: np.ndarray, upset: np.ndarray, calls: dict[str, np.ndarray]
 def _metrics(p: np.ndarray, upset: np.ndarray, calls: dict[str, np.ndarray], cfg_of: dict[str, EscalationConfig],
              replay_uar: float | None) -> dict[str, float]:
     calm_alerted, calm, missed, angry = _mistakes(p, upset, calls, cfg_of)
-    q = np.clip(p, 1e-6, 1 - 1e-6)
+    idx = np.concatenate(list(calls.values()))
+    q, upset = np.clip(p[idx], 1e-6, 1 - 1e-6), upset[idx]
     nll = -np.where(upset, np.log(q), np.log(1 - q))
     weights = np.where(upset, 0.5 / max(upset.sum(), 1), 0.5 / max((~upset).sum(), 1))
     out = {"calls": float(len(calls)), "calm_alert_pct": 100.0 * calm_alerted / max(calm, 1),
@@ -264,19 +268,33 @@ def _replay_uar(model: _Model, w: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.mean([np.mean(pred[labels == k] == k) for k in np.unique(labels)]))
 
 
-def _folds(calls: dict[str, np.ndarray], upset: np.ndarray, seed: int) -> list[list[str]]:
-    """Calls dealt into folds, those with an upset window and those without separately (seeded)."""
+def _folds(calls: dict[str, np.ndarray], upset: np.ndarray, callers: np.ndarray, seed: int) -> list[list[str]]:
+    """Calls dealt into folds by caller (a caller's calls stay together; callers with an upset call and without
+    dealt separately, seeded); only folds whose other folds hold both upset and calm windows to fit on."""
+    angry_calls = [c for c, idx in calls.items() if upset[idx].any()]
+    if min(len(angry_calls), len(calls) - len(angry_calls)) < MIN_CALLS_EACH:
+        raise ValueError(f"too little to learn from: {len(angry_calls)} verdict calls with an upset caller and "
+                         f"{len(calls) - len(angry_calls)} without (at least {MIN_CALLS_EACH} of each)")
+    caller_of = {c: str(callers[idx[0]]) for c, idx in calls.items()}
+    groups = sorted(set(caller_of.values()))
+    upset_groups = {caller_of[c] for c in angry_calls}
     rng = np.random.default_rng(seed)
-    angry = [c for c, idx in calls.items() if upset[idx].any()]
-    calm = [c for c in calls if c not in set(angry)]
-    if min(len(angry), len(calm)) < MIN_CALLS_EACH:
-        raise ValueError(f"too little to learn from: {len(angry)} verdict calls with an upset caller and {len(calm)} "
-                         f"without (at least {MIN_CALLS_EACH} of each)")
-    n = min(FOLDS, len(angry), len(calm))
-    folds: list[list[str]] = [[] for _ in range(n)]
-    for group in (angry, calm):
-        for i, c in enumerate(rng.permutation(group)):
-            folds[i % n].append(str(c))
+    n = min(FOLDS, len(groups))
+    dealt: list[list[str]] = [[] for _ in range(n)]
+    turn = 0
+    for part in ([g for g in groups if g in upset_groups], [g for g in groups if g not in upset_groups]):
+        for g in rng.permutation(part):
+            dealt[turn % n].append(str(g))
+            turn += 1
+    folds = []
+    for fold_groups in dealt:
+        held = [c for c in calls if caller_of[c] in fold_groups]
+        rest = np.concatenate([calls[c] for c in calls if caller_of[c] not in fold_groups] or [np.zeros(0, int)])
+        if upset[rest].any() and not upset[rest].all():
+            folds.append(held)
+    if not folds:
+        raise ValueError(f"too little to learn from: {len(groups)} callers, none of whom can be left out of the fit "
+                         f"with both upset and calm verdicts remaining")
     return folds
 
 
@@ -313,18 +331,20 @@ def refit(model_dir: Path, verdicts: SiteVerdicts, out_dir: Path, *, site_stats:
         raise ValueError(f"verdict features have {verdicts.features.shape[1]} values per window, the model reads {len(mean)}")
     z = ((verdicts.features - mean) / model.tensors["feature_std"]).astype(np.float32)
     hidden, upset = model.hidden(z), verdicts.upset
-    calls = _call_windows(verdicts.calls)
-    folds = _folds(calls, upset, seed)
+    every = _call_windows(verdicts.calls)
+    folds = _folds(every, upset, verdicts.callers, seed)
+    calls = {c: every[c] for fold in folds for c in fold}  # validated: the calls of folds refitted without them
     base = dataclasses.replace(EscalationConfig(), **model.escalation)
     t, neg = float(model.config.get("temperature", 1.0)), model.negative
     w0, b0 = model.tensors[f"{model.last}.weight"], model.tensors[f"{model.last}.bias"]
     p_before, p_after = _p_negative(hidden, w0, b0, t, neg), np.zeros(len(z))
     after_cfgs: dict[str, EscalationConfig] = {}
     for fold in folds:
-        fit_idx = np.concatenate([idx for c, idx in calls.items() if c not in fold])
+        fit = {c: idx for c, idx in every.items() if c not in fold}
+        fit_idx = np.concatenate(list(fit.values()))
         w, b = _fit_last(model, hidden[fit_idx], upset[fit_idx])
         p_fit = _p_negative(hidden, w, b, t, neg)
-        cfg = _choose_enter(p_fit, upset, {c: calls[c] for c in calls if c not in fold}, base)
+        cfg = _choose_enter(p_fit, upset, fit, base)
         for c in fold:
             p_after[calls[c]] = p_fit[calls[c]]
             after_cfgs[c] = cfg

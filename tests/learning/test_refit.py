@@ -120,3 +120,12 @@ def test_other_models_and_mismatched_features_are_refused(model_dir: Path, tmp_p
         refit(model_dir, SiteVerdicts(v.features[:, :10], v.upset, v.calls), tmp_path / "b")
     with pytest.raises(ValueError, match="disagree"):
         SiteVerdicts(v.features, v.upset[:-1], v.calls)
+
+
+def test_validation_keeps_a_callers_calls_together(model_dir: Path, tmp_path: Path) -> None:
+    v = site_calls(12, 0)
+    two = SiteVerdicts(v.features, v.upset, v.calls, np.where(np.arange(len(v.calls)) < 72, "ann", "bob"))
+    assert refit(model_dir, two, tmp_path / "two").improved  # the site's anger, learnt from one caller, heard in the other
+    one = SiteVerdicts(v.features, v.upset, v.calls, np.full(len(v.calls), "ann"))
+    with pytest.raises(ValueError, match="too little to learn from: 1 callers"):
+        refit(model_dir, one, tmp_path / "one")  # a single caller cannot be validated on anyone else

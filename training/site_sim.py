@@ -89,6 +89,9 @@ class FeatureTap:
         """The call's scored windows, in order: (features, standardised features) of the pass whose scores, through
         the head in use, are the outcome's."""
         want = np.array([p for _, _, p in o.scores])
+        if not len(want):  # the speech gate heard no speech in it
+            empty = np.zeros((0, self.classifier.model.config.feature_size), np.float32)
+            return empty, empty
         for feats, z in reversed(self.passes[f"{o.call.name}:mixed"]):
             if len(z) == len(want):
                 with torch.no_grad():

@@ -1,7 +1,8 @@
 """Refit a Whisper-encoder model on a site's verdicts: what is cheap and safe, validated on calls it did not fit.
 
 What is refitted: the head's **last layer** (weights and bias, on the hidden activations of the frozen first
-layer: the NEGATIVE operating point lives in its bias) and the escalation **thresholds** (``enter``, with ``exit``
+layer), or its **bias** alone (the NEGATIVE operating point; whichever validates better: a site of few voices can
+teach the whole layer their identity) and the escalation **thresholds** (``enter``, with ``exit``
 and ``alert`` kept at their offsets from it). Everything else (encoder, first layer, standardisation, temperature,
 smoothing) stays, so a refit model reads the same features as its parent.
 
@@ -52,6 +53,7 @@ FOLDS = 3
 HOP_S, WINDOW_S = 1.0, 3.0  # verdict windows of a call are replayed as consecutive hops
 ANCHOR = 1e-2  # L2 pull toward the current last layer, per weight
 REPLAY_WEIGHTS = (1.0, 4.0, 16.0, 64.0)  # the replay set's loss against the verdicts' (each a class-balanced mean)
+PARTS = ("bias", "layer")  # what a refit may change: the last layer's bias alone, or the whole last layer
 ENTER_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 FORGET_UAR = 0.01  # the guard windows' UAR may fall this much at most (CREMA-D held-out actors fell about twice as far)
 MAX_REPLAY_BYTES = 2_000_000  # the replay set's activations, float16, at most
@@ -89,7 +91,8 @@ class RefitReport:
         keys = [k for k in self.before if k in self.after]
         rows = [f"  {k}: {self.before[k]:.3g} -> {self.after[k]:.3g}" for k in keys]
         verdict = "improved" if self.improved else "not improved (keep the current model)"
-        return "\n".join([f"refit on site verdicts: {verdict}", *rows])
+        part = "the last layer" if self.after.get("last_layer") else "the last layer's bias"
+        return "\n".join([f"refit of {part} on site verdicts: {verdict}", *rows])
 
 
 @dataclass
@@ -164,22 +167,24 @@ def _balanced(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return (1.0 / (present * counts.clamp(min=1)))[labels]
 
 
-def _fit_last(model: _Model, hidden: np.ndarray, upset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The last layer refitted on verdict windows (+ the replay set), anchored at the current weights; the replay
-    set weighs more (x4 at a time) while its UAR falls more than FORGET_UAR."""
+def _fit_last(model: _Model, hidden: np.ndarray, upset: np.ndarray, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """The last layer (``part`` "layer") or its bias alone ("bias") refitted on verdict windows (+ the replay set),
+    anchored at the current weights; the replay set weighs more (x4 at a time) while its UAR falls more than
+    FORGET_UAR."""
     w0, b0 = (model.tensors[f"{model.last}.{k}"].astype(np.float32) for k in ("weight", "bias"))
     floor = (_replay_uar(model, w0, b0) or 0.0) - FORGET_UAR
     for weight in REPLAY_WEIGHTS:
-        w, b = _lbfgs(model, hidden, upset, weight)
+        w, b = _lbfgs(model, hidden, upset, weight, part)
         if (_replay_uar(model, w, b) or 1.0) >= floor:
             break
     return w, b
 
 
-def _lbfgs(model: _Model, hidden: np.ndarray, upset: np.ndarray, replay_weight: float) -> tuple[np.ndarray, np.ndarray]:
+def _lbfgs(model: _Model, hidden: np.ndarray, upset: np.ndarray, replay_weight: float,
+           part: str) -> tuple[np.ndarray, np.ndarray]:
     w0 = torch.from_numpy(model.tensors[f"{model.last}.weight"].astype(np.float32))
     b0 = torch.from_numpy(model.tensors[f"{model.last}.bias"].astype(np.float32))
-    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    w, b = w0.clone().requires_grad_(part == "layer"), b0.clone().requires_grad_(True)
     t, neg = float(model.config.get("temperature", 1.0)), model.negative
     others = [i for i in range(w0.shape[0]) if i != neg]
     x, y = torch.from_numpy(hidden), torch.from_numpy(upset.astype(np.int64))
@@ -187,7 +192,7 @@ def _lbfgs(model: _Model, hidden: np.ndarray, upset: np.ndarray, replay_weight: 
     if model.replay is not None:
         rx, ry = torch.from_numpy(model.replay[0]), torch.from_numpy(model.replay[1])
         replay_w = _balanced(ry, w0.shape[0])
-    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w, b] if part == "layer" else [b], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -320,6 +325,25 @@ def write_replay(model_dir: Path, features: np.ndarray, labels: np.ndarray, guar
     return path
 
 
+def _cross_validate(model: _Model, hidden: np.ndarray, upset: np.ndarray, every: dict[str, np.ndarray],
+                    folds: list[list[str]], base: EscalationConfig, part: str) -> tuple[dict[str, float], EscalationConfig]:
+    """Held-out figures of refitting ``part``, each fold scored by a refit without it under thresholds chosen without
+    it; and the thresholds chosen on all those held-out scores."""
+    t, neg = float(model.config.get("temperature", 1.0)), model.negative
+    calls = {c: every[c] for fold in folds for c in fold}
+    p_after, cfgs = np.zeros(len(upset)), {}
+    for fold in folds:
+        fit = {c: idx for c, idx in every.items() if c not in fold}
+        fit_idx = np.concatenate(list(fit.values()))
+        w, b = _fit_last(model, hidden[fit_idx], upset[fit_idx], part)
+        p_fit = _p_negative(hidden, w, b, t, neg)
+        cfg = _choose_enter(p_fit, upset, fit, base)
+        for c in fold:
+            p_after[every[c]] = p_fit[every[c]]
+            cfgs[c] = cfg
+    return _metrics(p_after, upset, calls, cfgs, None), _choose_enter(p_after, upset, calls, base)
+
+
 def refit(model_dir: Path, verdicts: SiteVerdicts, out_dir: Path, *, site_stats: Path | None = None,
           seed: int = 0) -> RefitReport:
     """Refit the model at ``model_dir`` on ``verdicts``, validate by call, write the refitted directory to
@@ -337,22 +361,15 @@ def refit(model_dir: Path, verdicts: SiteVerdicts, out_dir: Path, *, site_stats:
     base = dataclasses.replace(EscalationConfig(), **model.escalation)
     t, neg = float(model.config.get("temperature", 1.0)), model.negative
     w0, b0 = model.tensors[f"{model.last}.weight"], model.tensors[f"{model.last}.bias"]
-    p_before, p_after = _p_negative(hidden, w0, b0, t, neg), np.zeros(len(z))
-    after_cfgs: dict[str, EscalationConfig] = {}
-    for fold in folds:
-        fit = {c: idx for c, idx in every.items() if c not in fold}
-        fit_idx = np.concatenate(list(fit.values()))
-        w, b = _fit_last(model, hidden[fit_idx], upset[fit_idx])
-        p_fit = _p_negative(hidden, w, b, t, neg)
-        cfg = _choose_enter(p_fit, upset, fit, base)
-        for c in fold:
-            p_after[calls[c]] = p_fit[calls[c]]
-            after_cfgs[c] = cfg
-    w, b = _fit_last(model, hidden, upset)
-    final = _choose_enter(p_after, upset, calls, base)  # on every call as a refit without it scored it
+    p_before = _p_negative(hidden, w0, b0, t, neg)
     before = _metrics(p_before, upset, calls, dict.fromkeys(calls, base), _replay_uar(model, w0, b0))
-    after = _metrics(p_after, upset, calls, after_cfgs, _replay_uar(model, w, b))
-    before["enter"], after["enter"] = base.enter, final.enter
+    tried = {part: _cross_validate(model, hidden, upset, every, folds, base, part) for part in PARTS}
+    part = min(tried, key=lambda k: (tried[k][0]["mistakes"], tried[k][0]["nll"]))
+    after, final = tried[part]
+    w, b = _fit_last(model, hidden, upset, part)
+    if "replay_uar" in before:
+        after["replay_uar"] = _replay_uar(model, w, b)
+    before["enter"], after["enter"], after["last_layer"] = base.enter, final.enter, float(part == "layer")
     improved = (after["mistakes"], after["nll"]) < (before["mistakes"], before["nll"]) and (
         "replay_uar" not in before or after["replay_uar"] >= before["replay_uar"] - FORGET_UAR)
     report = RefitReport(improved, before, after)

@@ -6,8 +6,7 @@ alternately, so both sides get calm and angry callers wherever the corpus has tw
 by the current model through the production path (:func:`training.call_eval.score_calls`: engine, speech gate, line
 adaptation learnt from other speakers, policy). The verdict side's calls, in a seeded order, give verdicts the way
 agents would (:func:`verdict_labels`); the first k calls' verdict windows are refitted on
-(:func:`emovoice_daemon.learning.refit.refit`, with the site statistics the line adapter learnt from the verdict
-side's calls), and the scored side's calls are scored again with the model the site would then run: the refit where
+(:func:`emovoice_daemon.learning.refit.refit`, each window as the head saw it when the verdict was given), and the scored side's calls are scored again with the model the site would then run: the refit where
 its own validation improved, else the current model. The refitted head is also scored on CREMA-D's held-out actors'
 clips (telephony), to show the training classes were not forgotten.
 """
@@ -28,28 +27,27 @@ from safetensors.numpy import load_file
 from emovoice_daemon.config import Config, EscalationConfig
 from emovoice_daemon.judgement.policy import with_model_defaults
 from emovoice_daemon.learning.refit import SiteVerdicts, refit
-from emovoice_daemon.scoring.adaptation import LineAdapter
 from emovoice_daemon.scoring.models.loader import Classifier, read_escalation
 from training.call_eval import CallOutcome, call_metrics, score_calls
 from training.calls import Call
 from training.policy_search import replay
 
 KS = (0, 5, 10, 20, 50)
-VERDICT_SPAN_S = 10.0  # a confirmed or dismissed escalation concerns the windows ending this long before it
+VERDICT_SPAN_S = 10.0  # a confirmed or dismissed escalation concerns the windows ending this long before and after it
 FIGURES = ("calm_alert_pct", "ramp_detected_pct", "ramp_delay_median_s", "angry_within_15s_pct")
 
 
 def verdict_labels(o: CallOutcome) -> np.ndarray:
     """Per scored window of a call: 1 the verdict says upset, 0 not upset, -1 no verdict. The rule: each raised
     escalation is confirmed (the caller was angry at that moment) or dismissed (calm), for the windows ending in the
-    VERDICT_SPAN_S before it; anger nothing was raised for is reported ("caller is upset") for the windows from its
+    VERDICT_SPAN_S before and after it (the agent answers the prompt while it is on screen); anger nothing was raised for is reported ("caller is upset") for the windows from its
     onset; a call with no anger and no escalation is marked calm, every window."""
     starts = np.array([s for s, _, _ in o.scores])
     ends = np.array([e for _, e, _ in o.scores])
     labels = np.full(len(ends), -1)
     onset = o.call.onset_s
     for at, _ in o.raised:
-        labels[(ends > at - VERDICT_SPAN_S) & (ends <= at)] = int(onset is not None and at >= onset)
+        labels[(ends > at - VERDICT_SPAN_S) & (ends <= at + VERDICT_SPAN_S)] = int(onset is not None and at >= onset)
     if onset is not None and o.first(after=onset) is None:
         labels[starts >= onset] = 1
     if onset is None and not o.raised:
@@ -117,16 +115,6 @@ def split_speakers(calls: Sequence[Call], seed: int) -> tuple[list[str], list[st
             sides[turn % 2].append(str(s))
             turn += 1
     return sides
-
-
-def site_stats(classifier: Classifier, feats: Sequence[tuple[str, np.ndarray]], path: Path) -> Path:
-    """The site statistics a line adapter learns from these calls' windows (from the model's prior), saved."""
-    model = classifier.model
-    adapter = LineAdapter(model.feature_mean.numpy(), model.feature_std.numpy(), path)
-    for leg, x in feats:
-        adapter.normalise([leg] * len(x), x)
-    adapter.save()
-    return path
 
 
 class Site:
@@ -200,8 +188,6 @@ def simulate(site: Site, calls: Sequence[Call], held: HeldOut, splits: int, ks: 
             order = np.random.default_rng(1000 + split).permutation(len(pool))
             scored = site.score([c for c in calls if c.speaker in scored_side])
             scored_z = [tap.windows(o)[1] for o in scored]
-            stats = site_stats(site.classifier, [(f"{o.call.name}:mixed", tap.windows(o)[0]) for o in pool],
-                               Path(tmp) / f"site-{split}.npz")
             for k in ks:
                 used = [pool[i] for i in order[:k]]
                 row: dict[str, Any] = {"split": split, "k": k, "verdict_calls": len(used), "verdict_speakers": verdict_side,
@@ -210,7 +196,7 @@ def simulate(site: Site, calls: Sequence[Call], held: HeldOut, splits: int, ks: 
                 outcomes_k = scored
                 if used:
                     model_dir = Path(tmp) / f"s{split}-k{k}"
-                    row["refit"] = _refit(site, used, tap, stats, model_dir, split)
+                    row["refit"] = _refit(site, used, tap, model_dir, split)
                     if row["refit"] == "improved":
                         site.use(model_dir)
                         row["heldout_uar"] = held.uar(site.classifier)
@@ -223,18 +209,22 @@ def simulate(site: Site, calls: Sequence[Call], held: HeldOut, splits: int, ks: 
     return rows
 
 
-def _refit(site: Site, used: Sequence[CallOutcome], tap: FeatureTap, stats: Path, out: Path, seed: int) -> str:
+def _refit(site: Site, used: Sequence[CallOutcome], tap: FeatureTap, out: Path, seed: int) -> str:
+    """Refit on the verdicts of ``used``: each window as the head saw it when the verdict was given (standardised by
+    the line adapter of that moment; given to the refit relative to the training statistics), callers = speakers."""
+    model = site.classifier.model
     feats, upset, names, callers = [], [], [], []
     for o in used:
         labels = verdict_labels(o)
         keep = labels >= 0
-        feats.append(tap.windows(o)[0][keep])
+        z = tap.windows(o)[1][keep]
+        feats.append(z * model.feature_std.numpy() + model.feature_mean.numpy())
         upset.append(labels[keep] == 1)
         names += [o.call.name] * int(keep.sum())
         callers += [o.call.speaker] * int(keep.sum())
     verdicts = SiteVerdicts(np.concatenate(feats), np.concatenate(upset), np.array(names), np.array(callers))
     try:
-        report = refit(Path(site.classifier.model_dir), verdicts, out, site_stats=stats, seed=seed)
+        report = refit(Path(site.classifier.model_dir), verdicts, out, seed=seed)
     except ValueError as exc:
         return f"none ({exc})"
     return "improved" if report.improved else "not improved"

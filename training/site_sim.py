@@ -33,23 +33,25 @@ from training.calls import Call
 from training.policy_search import replay
 
 KS = (0, 5, 10, 20, 50)
-VERDICT_SPAN_S = 10.0  # a confirmed or dismissed escalation concerns the windows ending this long before and after it
+LEAD_S, UPSET_LAST_S = 10.0, 30.0  # the daemon's label rule (learning.lead_s, learning.upset_last_s)
+ESCALATION_S = 10.0  # how long after it was raised an escalation is taken to clear (or the agent to answer)
 FIGURES = ("calm_alert_pct", "ramp_detected_pct", "ramp_delay_median_s", "angry_within_15s_pct")
 
 
 def verdict_labels(o: CallOutcome) -> np.ndarray:
-    """Per scored window of a call: 1 the verdict says upset, 0 not upset, -1 no verdict. The rule: each raised
-    escalation is confirmed (the caller was angry at that moment) or dismissed (calm), for the windows ending in the
-    VERDICT_SPAN_S before and after it (the agent answers the prompt while it is on screen); anger nothing was raised for is reported ("caller is upset") for the windows from its
-    onset; a call with no anger and no escalation is marked calm, every window."""
-    starts = np.array([s for s, _, _ in o.scores])
+    """Per scored window of a call: 1 the verdict says upset, 0 not upset, -1 no verdict. Agents answer every
+    escalation raised (watch or alert): confirmed when the caller was angry at that moment, else dismissed; a call
+    with anger nothing was raised for is marked upset at its end, a call with no anger and no escalation is marked
+    calm. The windows each verdict concerns follow the daemon's label rule (docs/operations.md, "Learning from
+    verdicts"): an escalation's from LEAD_S before it until it cleared (taken as ESCALATION_S after it), a call marked
+    upset its last UPSET_LAST_S, a call marked calm all of it."""
     ends = np.array([e for _, e, _ in o.scores])
     labels = np.full(len(ends), -1)
     onset = o.call.onset_s
     for at, _ in o.raised:
-        labels[(ends > at - VERDICT_SPAN_S) & (ends <= at + VERDICT_SPAN_S)] = int(onset is not None and at >= onset)
-    if onset is not None and o.first(after=onset) is None:
-        labels[starts >= onset] = 1
+        labels[(ends >= at - LEAD_S) & (ends <= at + ESCALATION_S)] = int(onset is not None and at >= onset)
+    if onset is not None and o.first(after=onset) is None and len(ends):
+        labels[ends > ends[-1] - UPSET_LAST_S] = 1
     if onset is None and not o.raised:
         labels[:] = 0
     return labels

@@ -16,20 +16,20 @@ def outcome(kind: str, raised: list[tuple[float, str]], onset: float | None = No
     return CallOutcome(call, raised, scores, windows, 0)
 
 
-def test_verdicts_arrive_as_agents_give_them() -> None:
+def test_verdicts_arrive_as_agents_give_them_labelled_by_the_daemons_rule() -> None:
     ends = np.arange(40) + 3.0
-    # a false alert at 20 s is dismissed: the windows ending 10 s around it are "not upset", the rest unjudged
+    # a false alert at 20 s is dismissed: the windows ending from 10 s before it to 10 s after are "not upset"
     labels = verdict_labels(outcome("calm", [(20.0, "alert")]))
-    assert set(ends[labels == 0]) == set(np.arange(11.0, 31.0)) and (labels[(ends <= 10) | (ends > 30)] == -1).all()
-    # an alert after the anger began is confirmed: the windows around it are "upset"
+    assert set(ends[labels == 0]) == set(np.arange(10.0, 31.0)) and (labels[(ends < 10) | (ends > 30)] == -1).all()
+    # an alert after the anger began is confirmed: its windows are "upset"
     labels = verdict_labels(outcome("calm_angry", [(30.0, "alert")], onset=25.0))
-    assert set(ends[labels == 1]) == set(np.arange(21.0, 41.0)) and not (labels == 0).any()
-    # anger nothing was raised for: the agent says "caller is upset", for the windows from its onset
+    assert set(ends[labels == 1]) == set(np.arange(20.0, 41.0)) and not (labels == 0).any()
+    # anger nothing was raised for: the call is marked upset at its end, its last 30 s
     labels = verdict_labels(outcome("calm_angry", [], onset=25.0))
-    assert (labels[np.arange(40) >= 25] == 1).all() and (labels[np.arange(40) < 25] == -1).all()
-    # an alert before the onset is dismissed and the anger after it, never alerted, reported
-    labels = verdict_labels(outcome("calm_angry", [(12.0, "watch")], onset=25.0))
-    assert (labels[(ends > 2) & (ends <= 22)] == 0).all() and (labels[np.arange(40) >= 25] == 1).all()
+    assert set(ends[labels == 1]) == set(np.arange(13.0, 43.0)) and (labels[ends <= 12] == -1).all()
+    # an alert before the onset is dismissed and the anger after it, never alerted, marked
+    labels = verdict_labels(outcome("calm_angry", [(8.0, "watch")], onset=25.0))
+    assert (labels[ends <= 12] == 0).all() and (labels[ends > 12] == 1).all()
     # a quiet calm call is marked calm, every window; a calm→happy call likewise
     assert (verdict_labels(outcome("calm", [])) == 0).all() and (verdict_labels(outcome("calm_happy", [])) == 0).all()
 

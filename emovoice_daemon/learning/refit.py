@@ -20,7 +20,7 @@ its own caller: a caller heard in the fit would flatter the validation); each fo
 folds and by the current model. A verdict call's windows,
 in the order given, are replayed through the daemon's :class:`EscalationPolicy` as consecutive 1 s hops: a call
 without an upset window is a mistake if it alerts, a call with one is a mistake unless it alerts at or after its
-first upset window. ``improved``: fewer mistakes (or as many and a lower NLL), with the replay set's UAR within
+first upset window. ``improved``: at least MIN_FEWER_MISTAKES fewer mistakes, with the replay set's guard UAR within
 ``FORGET_UAR`` of before. The model written is refitted on all verdict calls.
 """
 from __future__ import annotations
@@ -50,6 +50,7 @@ WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "emovoice-whisper"
 MIN_CALLS_EACH = 2  # verdict calls with an upset window, and without, needed to fit and validate
 FOLDS = 3
+MIN_FEWER_MISTAKES = 2  # a refit is better when it makes at least this many fewer call-level mistakes (1 is noise)
 HOP_S, WINDOW_S = 1.0, 3.0  # verdict windows of a call are replayed as consecutive hops
 ANCHOR = 1e-2  # L2 pull toward the current last layer, per weight
 REPLAY_WEIGHTS = (1.0, 4.0, 16.0, 64.0)  # the replay set's loss against the verdicts' (each a class-balanced mean)
@@ -370,7 +371,7 @@ def refit(model_dir: Path, verdicts: SiteVerdicts, out_dir: Path, *, site_stats:
     if "replay_uar" in before:
         after["replay_uar"] = _replay_uar(model, w, b)
     before["enter"], after["enter"], after["last_layer"] = base.enter, final.enter, float(part == "layer")
-    improved = (after["mistakes"], after["nll"]) < (before["mistakes"], before["nll"]) and (
+    improved = before["mistakes"] - after["mistakes"] >= MIN_FEWER_MISTAKES and (
         "replay_uar" not in before or after["replay_uar"] >= before["replay_uar"] - FORGET_UAR)
     report = RefitReport(improved, before, after)
     _write(model_dir, model, out_dir, (w, b), final, verdicts, report)

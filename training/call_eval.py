@@ -55,7 +55,8 @@ class FeatureMemo:
     def __init__(self, classifier: Classifier, path: Path) -> None:
         self.path = path
         model = classifier.model
-        self._key = f"{model.config.encoder}:{model.config.encoder_layers}:{list(model.config.layers)}".encode()
+        chunk = f":chunk{model.config.chunk_s:g}" if model.config.chunk_s else ""
+        self._key = f"{model.config.encoder}:{model.config.encoder_layers}:{list(model.config.layers)}{chunk}".encode()
         self.table: dict[bytes, np.ndarray] = {}
         if path.is_file():
             with np.load(path) as z:

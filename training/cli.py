@@ -147,8 +147,9 @@ def cmd_site_sim(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
 
 
-def _head_inputs(args: argparse.Namespace, layers: list[int] | None = None):  # noqa: ANN202 (lazy imports)
-    """The whisper config's head options (``layers`` from an existing head), CREMA-D, its feature cache, the labels."""
+def _head_inputs(args: argparse.Namespace, head: dict | None = None):  # noqa: ANN202 (lazy imports)
+    """The whisper config's head options (``layers`` and ``chunk_s`` from an existing head's config.json ``head``),
+    CREMA-D, its feature cache, the labels."""
     from training.call_head import ANGER_LABELS, UPSET_LABELS
     from training.config import load_config
     from training.corpora import CREMAD_LABELS
@@ -158,7 +159,8 @@ def _head_inputs(args: argparse.Namespace, layers: list[int] | None = None):  # 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, {})
     opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden,
-                                  **({"layers": layers} if layers else {})})
+                                  **({} if getattr(args, "chunk_s", None) is None else {"chunk_s": args.chunk_s}),
+                                  **{k: head[k] for k in ("layers", "chunk_s") if head and k in head}})
     log = _log_to(None)
     data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
     cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
@@ -187,8 +189,8 @@ def cmd_head(args: argparse.Namespace) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> None:
     """(Re)write an existing encoder head's replay set from the training actors it was trained on."""
-    layers = json.loads((Path(args.model) / "config.json").read_text())["layers"]
-    cfg, opts, data, cache, labels, log = _head_inputs(args, layers)
+    head = json.loads((Path(args.model) / "config.json").read_text())
+    cfg, opts, data, cache, labels, log = _head_inputs(args, head)
     _write_replay(Path(args.model), data, cache, opts, labels, cfg.seed, log)
 
 
@@ -309,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: %(default)s)")
     h.add_argument("--machine-seconds", type=float, default=600.0, help="seconds of each machine-speech source")
     h.add_argument("--hidden", type=int, default=256)
+    h.add_argument("--chunk-s", type=float, default=None,
+                   help="encode each clip in chunks this long, pooled over them, as the daemon's chunked model does "
+                        "(1: the daemon's hop; 0: the whole window at once; default: the config's model.chunk_s)")
     h.add_argument("--epochs", type=int, default=20)
     h.add_argument("--card", help="model card (README.md) to write with it")
     h.set_defaults(func=cmd_head)

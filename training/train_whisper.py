@@ -25,9 +25,8 @@ from emovoice_daemon.scoring.models.whisper import (
     EmoVoiceWhisperConfig,
     EmoVoiceWhisperForAudioClassification,
     LogMel,
-    encoder_states,
-    pooled_states,
     resolve_encoder,
+    window_features,
 )
 from emovoice_daemon.scoring.resample import resample
 from training.audio import center_window
@@ -54,6 +53,7 @@ class HeadOptions:
     leg_prior: float = 20.0
     leg_cap: float = 0.5
     history_s: float = 30.0  # leg history behind the headline numbers
+    chunk_s: float = 0.0  # > 0: each clip encoded in chunks this long, pooled over them (the daemon's hop: 1.0)
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadOptions:
@@ -74,13 +74,15 @@ def load_encoder(name: str, layers: int) -> nn.Module:
 
 
 @torch.inference_mode()
-def encode(encoder: nn.Module, waves: Sequence[np.ndarray], log: Log, what: str) -> np.ndarray:
-    """Pooled hidden states of 8 kHz clips, float16[N, layers + 1, 2, d_model] (one clip at a time)."""
+def encode(encoder: nn.Module, waves: Sequence[np.ndarray], log: Log, what: str, chunk_s: float = 0.0) -> np.ndarray:
+    """Pooled hidden states of 8 kHz clips, float16[N, layers + 1, 2, d_model] (one clip at a time; encoded whole,
+    or in ``chunk_s`` chunks as the daemon's chunked model does)."""
     mel = LogMel(encoder.config.num_mel_bins)
-    out = np.zeros((len(waves), len(encoder.layers) + 1, 2, encoder.config.d_model), np.float16)
+    layers = len(encoder.layers)
+    out = np.zeros((len(waves), layers + 1, 2, encoder.config.d_model), np.float16)
     for i, w in enumerate(waves):
         x = torch.from_numpy(resample(np.asarray(w, np.float32), TELEPHONE_RATE, 16000))[None]
-        out[i] = pooled_states(encoder_states(encoder, mel(x), len(encoder.layers)))[0].numpy()
+        out[i] = window_features(encoder, mel, x, layers, range(layers + 1), int(round(chunk_s * 16000)))[0].numpy()
         if i % 1000 == 999:
             log(f"{what}: {i + 1}/{len(waves)} clips encoded")
     return out
@@ -88,7 +90,8 @@ def encode(encoder: nn.Module, waves: Sequence[np.ndarray], log: Log, what: str)
 
 def cache_key(paths: Sequence[Path], opts: HeadOptions, condition: str) -> str:
     files = hashlib.sha1("\n".join(str(Path(p).resolve()) for p in paths).encode()).hexdigest()[:12]
-    return f"whisper-{Path(opts.encoder).name}-L{opts.encoder_layers}-{files}-{condition}.npz"
+    chunked = f"-C{opts.chunk_s:g}" if opts.chunk_s else ""
+    return f"whisper-{Path(opts.encoder).name}-L{opts.encoder_layers}{chunked}-{files}-{condition}.npz"
 
 
 def condition_wave(x: np.ndarray, i: int, condition: str, augment: TelephonyAugment, seed: int) -> np.ndarray:
@@ -120,7 +123,7 @@ class FeatureCache:
             self._encoder = load_encoder(self.opts.encoder, self.opts.encoder_layers)
         self.log(f"encoding {corpus.name} ({condition}): {len(paths)} clips")
         waves = (condition_wave(corpus.store[i], i, condition, self.augment, self.seed) for i in range(len(paths)))
-        feats = encode(self._encoder, list(waves), self.log, f"{corpus.name} {condition}")
+        feats = encode(self._encoder, list(waves), self.log, f"{corpus.name} {condition}", self.opts.chunk_s)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp.npz")
         np.savez(tmp, feats=feats, paths=np.array([str(p) for p in paths]))
@@ -250,7 +253,7 @@ def export(head: Head, opts: HeadOptions, out_dir: Path, card: str) -> EmoVoiceW
     keep = ("d_model", "num_mel_bins", "encoder_attention_heads", "encoder_ffn_dim", "max_source_positions", "activation_function")
     config = EmoVoiceWhisperConfig(encoder=opts.encoder, whisper={k: whisper[k] for k in keep},
                                    encoder_layers=max(opts.layers), layers=list(opts.layers),
-                                   head_hidden=opts.head_hidden, temperature=head.temperature)
+                                   head_hidden=opts.head_hidden, temperature=head.temperature, chunk_s=opts.chunk_s)
     model = EmoVoiceWhisperForAudioClassification(config)
     with torch.no_grad():
         model.feature_mean.copy_(torch.from_numpy(head.mean))

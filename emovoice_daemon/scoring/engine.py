@@ -26,7 +26,7 @@ import numpy as np
 
 from emovoice_daemon.config import EngineConfig, PipelineConfig
 from emovoice_daemon.outputs import metrics
-from emovoice_daemon.scoring import streaming
+from emovoice_daemon.scoring import chunked, streaming
 from emovoice_daemon.scoring.models.loader import Classifier
 from emovoice_daemon.scoring.resample import StreamResampler
 from emovoice_daemon.scoring.speech import WARM_S, SpeechGate
@@ -107,10 +107,11 @@ class _Leg:
     ready: dict[int, tuple[WindowResult, float]] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     cache: streaming.LegCache = field(default_factory=streaming.LegCache)
+    chunks: chunked.LegChunks = field(default_factory=chunked.LegChunks)
     speech: deque[tuple[int, float]] = field(default_factory=deque)  # (hop end, its speech share), newest last
 
     def nbytes(self) -> int:
-        return self.pcm.buf.nbytes + self.wave.buf.nbytes + self.vad.buf.nbytes + self.cache.nbytes()
+        return self.pcm.buf.nbytes + self.wave.buf.nbytes + self.vad.buf.nbytes + self.cache.nbytes() + self.chunks.nbytes()
 
 
 class ScoringEngine:
@@ -122,6 +123,7 @@ class ScoringEngine:
         self.hop = int(round(pipeline.hop_s * RATE))
         self.model_rate = classifier.sampling_rate
         self.frontend = self._streaming_front_end() if cfg.streaming and streaming.supports(classifier) else None
+        self.chunked = self._chunked_front_end() if chunked.supports(classifier) else None
         self.adapter = getattr(classifier, "adapter", None)  # the line's statistics (encoder models)
         self.gate = SpeechGate.load() if pipeline.speech_gate else None
         self.tail = self.hop + int(WARM_S * RATE)
@@ -142,6 +144,16 @@ class ScoringEngine:
             log.warning("window %.3f s / hop %.3f s are not multiples of the model's %.1f ms frames: "
                         "scoring whole windows", self.pipeline.window_s, self.pipeline.hop_s,
                         1000 * front.stride / self.model_rate)
+            return None
+        return front
+
+    def _chunked_front_end(self) -> chunked.ChunkedFrontEnd | None:
+        """Per-leg chunk sums, if the hop is the model's chunk and the window whole chunks."""
+        front = chunked.ChunkedFrontEnd(self.classifier)
+        if self.window * self.model_rate % RATE or not front.fits(self.window * self.model_rate // RATE,
+                                                                   self.hop * self.model_rate // RATE):
+            log.info("hop %.3f s is not the model's %.3f s chunk or the window not whole chunks: every chunk of a "
+                     "window is encoded", self.pipeline.hop_s, front.chunk / self.model_rate)
             return None
         return front
 
@@ -169,6 +181,7 @@ class ScoringEngine:
         self.classifier = classifier
         self.adapter = getattr(classifier, "adapter", None)
         self.frontend = self._streaming_front_end() if self.cfg.streaming and streaming.supports(classifier) else None
+        self.chunked = self._chunked_front_end() if chunked.supports(classifier) else None
 
     @property
     def live_legs(self) -> int:
@@ -342,6 +355,7 @@ class ScoringEngine:
     def _infer(self, batch: list[_Window]) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Runs in the inference thread: probabilities and features for each window, in batch order."""
         classifier, frontend, adapter = self.classifier, self.frontend, self.adapter  # a model switch waits for the batch
+        chunks = self.chunked
         if frontend is not None:
             return frontend.predict([(w.leg.cache, w.audio, w.audio_start) for w in batch]), [None] * len(batch)
         probs = np.zeros((len(batch), 3), dtype=np.float32)
@@ -349,6 +363,13 @@ class ScoringEngine:
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(batch):
             by_length.setdefault(len(w.audio), []).append(i)
+        whole = int(self.window * self.model_rate // RATE)
+        if chunks is not None and whole in by_length:
+            idx = by_length.pop(whole)
+            pooled = chunks.features([(batch[i].leg.chunks, batch[i].audio, batch[i].audio_start) for i in idx])
+            probs[idx] = classifier.predict_features(pooled, [batch[i].leg.leg_id for i in idx] if adapter else None)
+            for i, row in zip(idx, pooled):
+                feats[i] = row
         for idx in by_length.values():
             audio = np.stack([batch[i].audio for i in idx])
             legs = [batch[i].leg.leg_id for i in idx] if adapter is not None else None

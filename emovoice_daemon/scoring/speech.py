@@ -6,6 +6,12 @@ due, a whole batch of legs at once, and remembers each hop's share of 32 ms chun
 hops hold less than ``min_share`` speech is *no evidence* (``nonspeech``): the model does not run on it and the
 escalation policy never sees it.
 
+silero's 8 kHz network is a per-chunk front-end (STFT and convolutions over the chunk and the 32 samples before
+it) followed by an LSTM cell. The gate runs it *unrolled*: the front-end on every chunk of every row in one batch,
+the LSTM over the whole sequence in one call, instead of one TorchScript call per 32 ms chunk (the same
+probabilities, checked against the step-by-step model at load; about 5x less CPU at the engine's small batches).
+A silero file of another shape is run step by step.
+
 The silero package is not imported (its import sets torch's thread count for the whole process); its TorchScript
 file is loaded directly. Without the package, or with an unreadable file, the daemon logs one line and scores
 without the gate.
@@ -37,12 +43,60 @@ def silero_path() -> Path | None:
     return path if path.is_file() else None
 
 
+class Unrolled(torch.nn.Module):
+    """silero's 8 kHz network over whole sequences: chunk front-end batched, LSTM in one call."""
+
+    def __init__(self, model: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        net = model._model_8k
+        self.context = int(net.context_size_samples)
+        self.stft, self.encoder, self.head = net.stft, net.encoder, net.decoder.decoder
+        cell = net.decoder.rnn
+        self.lstm = torch.nn.LSTM(cell.weight_ih.shape[1], cell.weight_hh.shape[1], batch_first=True)
+        with torch.no_grad():
+            for ours, theirs in (("weight_ih_l0", "weight_ih"), ("weight_hh_l0", "weight_hh"),
+                                 ("bias_ih_l0", "bias_ih"), ("bias_hh_l0", "bias_hh")):
+                getattr(self.lstm, ours).copy_(getattr(cell, theirs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Speech probability of each 32 ms chunk: float[B, T] (T whole chunks) -> float[B, T // CHUNK]."""
+        rows, steps = x.shape[0], x.shape[1] // CHUNK
+        padded = torch.cat([torch.zeros(rows, self.context), x], 1)
+        at = torch.arange(steps)[:, None] * CHUNK + torch.arange(CHUNK + self.context)[None]
+        feats = self.encoder(self.stft(padded[:, at].reshape(rows * steps, -1))).reshape(rows, steps, -1)
+        hidden, _ = self.lstm(feats)
+        return self.head(hidden.reshape(rows * steps, -1, 1)).reshape(rows, steps)
+
+
+def unrolled(model: torch.jit.ScriptModule) -> Unrolled | None:
+    """The unrolled network, if it gives the step-by-step model's probabilities on a test signal."""
+    try:
+        net = Unrolled(model).eval()
+    except (AttributeError, RuntimeError, TypeError, IndexError) as exc:
+        log.info("speech gate runs silero step by step (%s)", exc)
+        return None
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-0.3, 0.3, (2, 12 * CHUNK)).astype(np.float32))
+    with torch.inference_mode():
+        try:
+            fast = net(x)
+        except RuntimeError as exc:
+            log.info("speech gate runs silero step by step (%s)", str(exc).splitlines()[0])
+            return None
+        model.reset_states()
+        steps = torch.stack([model(x[:, i * CHUNK:(i + 1) * CHUNK].contiguous(), RATE).reshape(-1) for i in range(12)], 1)
+    if not torch.allclose(fast, steps, atol=1e-4):
+        log.info("speech gate runs silero step by step (the unrolled network differs by %.2g)", float((fast - steps).abs().max()))
+        return None
+    return net
+
+
 class SpeechGate:
     """Share of speech in 8 kHz audio, batched: ``shares(int16[B, T]) -> float[B]``."""
 
     def __init__(self, model: torch.jit.ScriptModule) -> None:
         self.model = model
         self._lock = threading.Lock()  # the model keeps its recurrent state between calls
+        self.unrolled = unrolled(model)
 
     @classmethod
     def load(cls, path: Path | None = None) -> SpeechGate | None:
@@ -66,6 +120,9 @@ class SpeechGate:
         warm = min(steps - 1, int(WARM_S * RATE) // CHUNK)
         if steps <= 0:
             return np.zeros(len(x), np.float32)
+        if self.unrolled is not None:
+            p = self.unrolled(x[:, : steps * CHUNK])[:, warm:]
+            return (p >= SPEECH_P).float().mean(1).numpy()
         speech = torch.zeros(len(x))
         with self._lock:
             self.model.reset_states()

@@ -96,3 +96,26 @@ def test_head_command_trains_machine_speech_as_neutral_and_exports(config: Path,
     log = capsys.readouterr().out
     assert "2 machine-speech windows as NEUTRAL" in log and "encoding machine speech espeak" in log
     assert load_classifier(ModelConfig(path=str(out), adapt=False)).predict(np.zeros((1, 24000), np.float32)).shape == (1, 3)
+
+
+def test_chunked_training_features_are_the_daemons(tmp_path: Path) -> None:
+    """The head trains on what the daemon computes: clips encoded in the same chunks, pooled the same way."""
+    from emovoice_daemon.scoring.resample import resample
+    from training.train_whisper import HeadOptions, cache_key, encode, load_encoder, select
+
+    torch.manual_seed(0)
+    WhisperModel(WhisperConfig(**TINY)).save_pretrained(tmp_path / "enc")
+    encoder = load_encoder(str(tmp_path / "enc"), 2)
+    wave = (0.1 * np.random.default_rng(0).standard_normal(20000)).astype(np.float32)  # 2.5 s at 8 kHz
+    feats = select(encode(encoder, [wave], print, "t", chunk_s=1.0), [1, 2])
+    from emovoice_daemon.scoring.models.whisper import EmoVoiceWhisperConfig, EmoVoiceWhisperForAudioClassification
+
+    full = WhisperConfig(**TINY).to_dict()
+    whisper = {k: full[k] for k in ("d_model", "num_mel_bins", "encoder_attention_heads", "encoder_ffn_dim", "max_source_positions")}
+    model = EmoVoiceWhisperForAudioClassification(EmoVoiceWhisperConfig(whisper=whisper, encoder_layers=2, layers=[1, 2],
+                                                                        chunk_s=1.0))
+    model.load_encoder(tmp_path / "enc")
+    with torch.inference_mode():
+        daemon = model.pooled_features(torch.from_numpy(resample(wave, 8000, 16000))[None]).numpy()
+    np.testing.assert_allclose(feats, daemon, rtol=2e-3, atol=2e-3)  # the cache keeps float16
+    assert cache_key(["a"], HeadOptions(chunk_s=1.0), "clean") != cache_key(["a"], HeadOptions(), "clean")

@@ -78,18 +78,24 @@ class Classifier:
             raise ValueError(f"predict expects float32[B, T] with T > 0, got shape {x.shape}")
         if self.normalize_input:
             x = (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + 1e-7)
-        feats = None
-        with torch.inference_mode(), self.autocast():
-            if hasattr(self.model, "pooled_features"):
-                feats = self.model.pooled_features(self.to_device(x)).float().cpu().numpy()
-                if self.adapter is not None and legs is not None:
-                    normalised = self.to_device(self.adapter.normalise(legs, feats))
-                else:
-                    normalised = (torch.from_numpy(feats) - self.model.feature_mean.cpu()) / self.model.feature_std.cpu()
-                logits = self.model.classify(normalised.to(self.device))
-            else:
+        if not hasattr(self.model, "pooled_features"):
+            with torch.inference_mode(), self.autocast():
                 logits = self.model(input_values=self.to_device(x)).logits
-        return self.probs_from_logits(logits), feats
+            return self.probs_from_logits(logits), None
+        with torch.inference_mode(), self.autocast():
+            feats = self.model.pooled_features(self.to_device(x)).float().cpu().numpy()
+        return self.predict_features(feats, legs), feats
+
+    def predict_features(self, feats: np.ndarray, legs: Sequence[str] | None) -> np.ndarray:
+        """Class probabilities from an encoder model's pooled features (``pooled_features``) of ``legs``' windows:
+        standardised by the line's statistics when the model adapts (and ``legs`` are given), else by the training
+        site's."""
+        if self.adapter is not None and legs is not None:
+            z = self.adapter.normalise(legs, feats)
+        else:
+            z = ((feats - self.model.feature_mean.cpu().numpy()) / self.model.feature_std.cpu().numpy()).astype(np.float32)
+        with torch.inference_mode(), self.autocast():
+            return self.probs_from_logits(self.model.classify(self.to_device(z)))
 
     def to_device(self, x: np.ndarray) -> torch.Tensor:
         """Host array -> tensor on the model's device (through pinned memory on CUDA)."""

@@ -12,6 +12,7 @@ Whisper checkpoint directory (the one ``emovoice-daemon fetch-encoder`` converts
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from emovoice_daemon.scoring.models.whisper_import import ENCODER_NAME, models_d
 
 SAMPLING_RATE = 16000
 N_FFT, HOP = 400, 160
+MIN_TAIL = 1600  # a window's last, partial chunk is encoded when it holds at least 0.1 s (at 16 kHz)
 
 
 class EncoderMissing(FileNotFoundError):
@@ -74,6 +76,59 @@ def pooled_states(states: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([h.mean(dim=2), h.std(dim=2, unbiased=False)], dim=2)
 
 
+def state_sums(states: list[torch.Tensor]) -> torch.Tensor:
+    """Per hidden state, the time sum and sum of squares, float64[B, len(states), 2, d_model]: chunks' sums add
+    up, and with their frame counts pool exactly as their concatenation would (:func:`pool_sums`)."""
+    h = torch.stack(states, dim=1).double()
+    return torch.stack([h.sum(dim=2), h.square().sum(dim=2)], dim=2)
+
+
+def pool_sums(sums: torch.Tensor, frames: torch.Tensor | float) -> torch.Tensor:
+    """Time mean and standard deviation from summed :func:`state_sums` over ``frames`` frames: float[B, S, 2, d]."""
+    n = torch.as_tensor(frames, dtype=torch.float64).reshape(-1, 1, 1)
+    mean = sums[:, :, 0] / n
+    var = (sums[:, :, 1] / n - mean.square()).clamp_min(0.0)
+    return torch.stack([mean, var.sqrt()], dim=2).float()
+
+
+def chunk_bounds(samples: int, chunk: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each chunk a window of ``samples`` is encoded in: whole chunks from its start, then the
+    rest if it is at least ``MIN_TAIL`` (a window shorter than one chunk is one chunk)."""
+    bounds = [(i, i + chunk) for i in range(0, samples - chunk + 1, chunk)]
+    rest = bounds[-1][1] if bounds else 0
+    if samples - rest >= (MIN_TAIL if bounds else 1):
+        bounds.append((rest, samples))
+    return bounds
+
+
+def chunk_sums(encoder: WhisperEncoder, mel: LogMel, chunks: torch.Tensor, layers: int,
+               keep: Sequence[int]) -> tuple[torch.Tensor, int]:
+    """Equal-length 16 kHz chunks, each encoded on its own: :func:`state_sums` of hidden states ``keep`` and the
+    frames each chunk has."""
+    states = encoder_states(encoder, mel(chunks), layers)
+    return state_sums([states[i] for i in keep]), states[0].shape[1]
+
+
+def window_features(encoder: WhisperEncoder, mel: LogMel, wave: torch.Tensor, layers: int, keep: Sequence[int],
+                    chunk: int = 0) -> torch.Tensor:
+    """Time mean and standard deviation of hidden states ``keep`` of 16 kHz windows, float[B, len(keep), 2, d]:
+    the window encoded at once (``chunk`` 0), or chunk by chunk (:func:`chunk_bounds`) and pooled over its chunks."""
+    if not chunk:
+        states = encoder_states(encoder, mel(wave), layers)
+        return pooled_states([states[i] for i in keep])
+    bounds = chunk_bounds(wave.shape[1], chunk)
+    whole = [b for b in bounds if b[1] - b[0] == chunk]
+    total: torch.Tensor | float = 0.0
+    frames = 0
+    if whole:  # every whole chunk of every row in one batch
+        sums, n = chunk_sums(encoder, mel, torch.cat([wave[:, a:b] for a, b in whole]), layers, keep)
+        total, frames = sums.reshape(len(whole), len(wave), *sums.shape[1:]).sum(0), n * len(whole)
+    for a, b in bounds[len(whole):]:
+        sums, n = chunk_sums(encoder, mel, wave[:, a:b], layers, keep)
+        total, frames = total + sums, frames + n
+    return pool_sums(total, frames)
+
+
 def resolve_encoder(name: str) -> Path:
     """An existing directory as given, else ``name`` under the models directory."""
     path = Path(name).expanduser()
@@ -99,6 +154,7 @@ class EmoVoiceWhisperConfig(PretrainedConfig):
     encoder_layers: int = 3  # blocks run; the rest are dropped
     layers: list[int] | tuple[int, ...] = (2, 3)  # hidden-state indices pooled (0 = input embedding)
     head_hidden: int = 0  # 0: a linear head; otherwise one hidden ReLU layer of this width
+    chunk_s: float = 0.0  # > 0: the window is encoded in chunks this long, each on its own, pooled over all
     sampling_rate: int = SAMPLING_RATE
     do_normalize: bool = False
     temperature: float = 1.0
@@ -107,6 +163,7 @@ class EmoVoiceWhisperConfig(PretrainedConfig):
         default_labels(self)
         self.layers = [int(i) for i in self.layers]
         self.temperature = float(self.temperature)
+        self.chunk_s = float(self.chunk_s)
         super().__post_init__(**kwargs)
 
     @property
@@ -154,10 +211,21 @@ class EmoVoiceWhisperForAudioClassification(PreTrainedModel):
         """What the exported directory stores: everything but the encoder."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
 
+    @property
+    def chunk(self) -> int:
+        """Samples per encoded chunk (0: the whole window is encoded at once)."""
+        return int(round(self.config.chunk_s * self.config.sampling_rate))
+
+    def chunk_sums(self, chunks: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Equal-length 16 kHz chunks, each encoded on its own: :func:`state_sums` of the chosen hidden states and
+        the frames each chunk has."""
+        return chunk_sums(self.encoder, self.mel, chunks, self.config.encoder_layers, self.config.layers)
+
     def pooled_features(self, input_values: torch.Tensor) -> torch.Tensor:
-        """Unnormalised head input, float[B, feature_size], for 16 kHz windows."""
-        states = encoder_states(self.encoder, self.mel(input_values), self.config.encoder_layers)
-        return pooled_states([states[i] for i in self.config.layers]).flatten(1)
+        """Unnormalised head input, float[B, feature_size], for 16 kHz windows (encoded whole, or chunk by chunk
+        and pooled over the chunks)."""
+        return window_features(self.encoder, self.mel, input_values, self.config.encoder_layers, self.config.layers,
+                               self.chunk).flatten(1)
 
     def classify(self, normalised: torch.Tensor) -> torch.Tensor:
         """Logits from standardised features."""

@@ -3,7 +3,8 @@
 Usage: .venv/bin/python -m bench.bench_speech_gate [--batch 1 8 32] [--repeats N]
 
 The gate runs silero-vad on each window's newest hop plus its warm-up (1.25 s at 8 kHz), a batch of legs at a time,
-as the engine does; the models run on the whole 3 s window. Whole-process CPU (``time.process_time``), one thread.
+as the engine does, unrolled (the daemon's way) and step by step (one TorchScript call per 32 ms chunk, as before
+issue #25); the models run on the whole 3 s window. Whole-process CPU (``time.process_time``), one thread.
 Prints milliseconds per window and the gate's cost as a share of each model's.
 """
 from __future__ import annotations
@@ -47,9 +48,13 @@ def main() -> None:
         except (OSError, ValueError) as exc:
             print(f"{name}: not measured ({str(exc).splitlines()[0]})")
     rng = np.random.default_rng(0)
-    print("batch | gate ms/window | " + " | ".join(f"{n} ms/window | gate / {n}" for n in models))
+    print("batch | gate step by step ms/window | gate ms/window | " + " | ".join(f"{n} ms/window | gate / {n}" for n in models))
+    unrolled = gate.unrolled
     for batch in args.batch:
         tail = rng.integers(-3000, 3000, (batch, RATE + int(WARM_S * RATE)), dtype=np.int16)
+        gate.unrolled = None
+        step_ms = cpu_ms(lambda: gate.shares(tail), args.repeats) / batch
+        gate.unrolled = unrolled
         gate_ms = cpu_ms(lambda: gate.shares(tail), args.repeats) / batch
         cells = []
         for name, model in models.items():
@@ -58,7 +63,7 @@ def main() -> None:
             with torch.inference_mode():
                 ms = cpu_ms(lambda: model(input_values=x), args.repeats) / batch
             cells.append(f"{ms:.2f} | {gate_ms / ms:.0%}")
-        print(f"{batch} | {gate_ms:.2f} | " + " | ".join(cells))
+        print(f"{batch} | {step_ms:.2f} | {gate_ms:.2f} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":

@@ -278,13 +278,14 @@ async def main(args: argparse.Namespace) -> None:
         model_dir = args.model or distilhubert_dir(Path(tmp) / "distilhubert-shaped", args.front_end_norm)
         base_rss = rss_mb()
         classifier = load_classifier(ModelConfig(path=str(model_dir), device=device, threads=args.threads,
-                                                 quantize_int8=args.int8))
+                                                 quantize_int8={"on": True, "off": False}.get(args.int8, "model")))
+        int8 = any("quantized" in type(m).__module__ for m in classifier.model.modules())
         params = sum(p.numel() for p in classifier.model.parameters()) / 1e6
         model_rss = rss_mb()
         shape = f"model {args.model}" if args.model else f"DistilHuBERT-shaped model ({args.front_end_norm}-norm front-end)"
         print(f"device {device} ({torch.get_num_threads()} threads), load average {load[0]:.2f} on "
               f"{os.cpu_count()} CPUs; {shape}, {params:.1f} M parameters"
-              f"{', int8 linear layers' if args.int8 else ''}; {len(calls)} speech loops; RSS with model "
+              f"{', int8 linear layers' if int8 else ''}; {len(calls)} speech loops; RSS with model "
               f"{model_rss:.0f} MB (+{model_rss - base_rss:.0f} MB)")
         print(f"cost per window, {args.cost_legs} legs x {args.cost_windows} windows pushed at once "
               f"(a leg's first window included):")
@@ -332,7 +333,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "instead of a random DistilHuBERT-shaped one")
     p.add_argument("--front-end-norm", choices=("group", "layer"), default="group",
                    help="group: DistilHuBERT as released; layer: per-frame LayerNorm CNN, which streams exactly")
-    p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of linear layers (CPU)")
+    p.add_argument("--int8", choices=("on", "off", "model"), default="model", help="int8 dynamic quantisation of linear layers (CPU): on, off, or model: as the "
+                                         "model directory says (default)")
     p.add_argument("--no-streaming", action="store_true", help="engine without the streaming front-end")
     p.add_argument("--stream-drift", type=float, default=0.05, help="engine.stream_drift (1e9: never recompute)")
     p.add_argument("--vad-min-voiced", type=float, default=0.0, help="0 scores every window, like the naive path")

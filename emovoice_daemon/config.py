@@ -134,7 +134,9 @@ class ModelConfig:
     path: str = _f("", doc="model directory; empty = the shipped default")
     device: str = _f("auto", one_of("auto", "cpu", "cuda"))
     threads: int = _f(0, non_negative, "CPU threads for inference; 0 = one per 4 usable cores, at least 1")
-    quantize_int8: bool = _f(False, doc="int8 dynamic quantisation of linear layers (CPU)")
+    quantize_int8: bool | str = _f("model", lambda v: None if v in (True, False, "model") else "must be true, false or model",
+                                   "int8 dynamic quantisation of linear layers (CPU): true, false, or model: as the model "
+                                   "directory's config.json says (its quantize_int8, else off)")
     label_map: dict[str, str] = _f({}, doc="model label -> NEGATIVE/NEUTRAL/POSITIVE")
     adapt: bool = _f(True, doc="encoder models: centre features on the site's mean (learnt from its calls)")
     adapt_site_variance: bool = _f(False, doc="also scale by the site's variance (off: a site of few voices has a "

@@ -217,6 +217,8 @@ def _validate_dir(path: Path) -> tuple[dict[str, Any], int]:
         )
     if not isinstance(config.get("id2label"), dict) or not config["id2label"]:
         raise ModelError(f"{path / 'config.json'}: no id2label (the model's output labels)")
+    if not isinstance(config.get("quantize_int8", False), bool):
+        raise ModelError(f"{path / 'config.json'}: quantize_int8 must be true or false, got {config['quantize_int8']!r}")
     temperature = config.get("temperature", 1.0)
     if not isinstance(temperature, (int, float)) or temperature <= 0:
         raise ModelError(f"{path / 'config.json'}: temperature must be a number > 0, got {temperature!r}")
@@ -244,13 +246,18 @@ def quantize_linear(model: torch.nn.Module) -> torch.nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def _finish(model: torch.nn.Module, cfg: ModelConfig, **fields: Any) -> Classifier:
-    """Eval mode, device placement and optional int8 quantisation."""
+def wants_int8(cfg: ModelConfig, config: dict[str, Any]) -> bool:
+    """``model.quantize_int8``, or with ``model`` the model directory's own choice (config.json ``quantize_int8``)."""
+    return cfg.quantize_int8 if isinstance(cfg.quantize_int8, bool) else config.get("quantize_int8") is True
+
+
+def _finish(model: torch.nn.Module, cfg: ModelConfig, int8: bool = False, **fields: Any) -> Classifier:
+    """Eval mode, device placement and optional int8 quantisation (CPU)."""
     model.eval()
     device = _pick_device(cfg)
     if device.type == "cuda":
         model.to(device)
-    elif cfg.quantize_int8:
+    elif int8:
         model = quantize_linear(model)
     return Classifier(model=model, device=device, half=device.type == "cuda", **fields)
 
@@ -275,7 +282,7 @@ def load_directory(path: Path, cfg: ModelConfig) -> Classifier:
         raise ModelError(f"{path}: model has {model.config.num_labels} outputs but id2label lists {len(classes)}")
     prep = _read_json(path / "preprocessor_config.json")
     return _finish(
-        model, cfg, name=config.get("_name_or_path") or path.name, trained=True, sampling_rate=rate,
+        model, cfg, wants_int8(cfg, config), name=config.get("_name_or_path") or path.name, trained=True, sampling_rate=rate,
         class_of_label=classes, temperature=float(config.get("temperature", 1.0)),
         normalize_input=bool(prep.get("do_normalize", False)), adapter=_adapter(model, cfg),
         escalation=escalation, model_dir=str(path),

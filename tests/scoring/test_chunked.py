@@ -69,6 +69,28 @@ async def test_engine_encodes_each_hop_once_and_scores_as_the_whole_window(tmp_p
     await engine_whole.stop()
     assert len(results["a"]) == len(again) == 6
     np.testing.assert_allclose(np.stack([r.probs for r in results["a"]]), np.stack([r.probs for r in again]), atol=1e-5)
+    # WindowResult.features keeps its meaning: the window's unnormalised pooled head input
+    np.testing.assert_allclose(np.stack([r.features for r in results["a"]]), np.stack([r.features for r in again]),
+                               rtol=1e-4, atol=1e-5)
+
+
+async def test_a_switched_model_encodes_the_legs_chunks_afresh(tmp_path: Path) -> None:
+    clf = chunked_head(tmp_path, 0.5)
+    engine = ScoringEngine(clf, PipelineConfig(window_s=1.5, hop_s=0.5, speech_gate=False), EngineConfig())
+    await engine.start()
+    got: list = []
+    engine.open_leg("a", got.append)
+    cache = engine._legs["a"].chunks
+    audio = voiced(3.0, 0)
+    engine.push("a", audio[:16000])  # windows ending at 1.5 and 2.0 s: 4 chunks
+    while len(got) < 2:
+        await asyncio.sleep(0.01)
+    other = chunked_head(tmp_path / "other", 0.5)
+    engine.set_classifier(other)
+    engine.push("a", audio[16000:20000])  # the window ending at 2.5 s, scored by the new model from its own chunks
+    await engine.close_leg("a")
+    await engine.stop()
+    assert cache.computed == 4 + 3 and cache.owner is engine.chunked
 
 
 def test_a_hop_that_is_not_the_chunk_encodes_whole_windows(tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ class FeatureMemo:
         self.path = path
         model = classifier.model
         chunk = f":chunk{model.config.chunk_s:g}" if model.config.chunk_s else ""
-        self._key = f"{model.config.encoder}:{model.config.encoder_layers}:{list(model.config.layers)}{chunk}".encode()
+        int8 = ":int8" if any("quantized" in type(m).__module__ for m in model.modules()) else ""
+        self._key = f"{model.config.encoder}:{model.config.encoder_layers}:{list(model.config.layers)}{chunk}{int8}".encode()
         self.table: dict[bytes, np.ndarray] = {}
         if path.is_file():
             with np.load(path) as z:

@@ -87,3 +87,28 @@ def test_choosing_settings_on_test_speakers_is_refused() -> None:
     out = subprocess.run([sys.executable, "-m", "training.cli", "calls", "--choose", "x.json"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode != 0 and "add --speakers val" in out.stderr
+
+
+def test_feature_memo_never_serves_another_encodings_features(tmp_path: Path) -> None:
+    """A memo written by the fp32 whole-window model is not read back for its chunked or int8 forms."""
+    import torch
+
+    from emovoice_daemon.config import ModelConfig
+    from emovoice_daemon.scoring.models.loader import load_classifier
+    from tests.scoring.test_whisper import tiny_encoder_dir, tiny_head_dir
+    from training.call_eval import FeatureMemo
+
+    head = tiny_head_dir(tmp_path / "head", tiny_encoder_dir(tmp_path / "enc"))
+    x = torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal((1, 16000))).astype(np.float32))
+    memo_file = tmp_path / "memo.npz"
+    plain = load_classifier(ModelConfig(path=str(head), adapt=False))
+    memo = FeatureMemo(plain, memo_file)
+    plain.model.pooled_features(x)
+    memo.save()
+    for variant in ("chunked", "int8"):
+        clf = load_classifier(ModelConfig(path=str(head), adapt=False, quantize_int8=variant == "int8"))
+        if variant == "chunked":
+            clf.model.config.chunk_s = 0.5
+        other = FeatureMemo(clf, memo_file)
+        clf.model.pooled_features(x)
+        assert other._added == 1, variant  # computed, not read from the fp32 whole-window entry

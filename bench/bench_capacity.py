@@ -113,10 +113,11 @@ def _rss(pid: int) -> int:
 class Daemon:
     """``emovoice-daemon run -c config.yaml`` under a fake systemd notify socket."""
 
-    def __init__(self, workdir: Path, workers: int | str, model: str, threads: int, gate: bool = True) -> None:
+    def __init__(self, workdir: Path, workers: int | str, model: str, threads: int, gate: bool = True,
+                 int8: bool | str = "model") -> None:
         self.as_port, self.api_port = _free_port(), _free_port()
         config = {"audiosocket": {"port": self.as_port}, "api": {"port": self.api_port, "token": TOKEN},
-                  "model": {"path": model, "threads": threads}, "service": {"workers": workers},
+                  "model": {"path": model, "threads": threads, "quantize_int8": int8}, "service": {"workers": workers},
                   "pipeline": {"speech_gate": gate},
                   "events": {"log_path": str(workdir / f"events-{workers}.jsonl")},
                   "history": {"path": str(workdir / f"history-{workers}.sqlite3")}}
@@ -279,7 +280,8 @@ def _last_frame(end_s: float) -> int:
 
 async def leg(workers: int | str, audio: list[list[bytes]], voiced: list[list[int]], args, workdir: Path) -> int:
     """One daemon with ``workers``: every level until two fail; returns the capacity (see :func:`capacity`)."""
-    daemon = Daemon(workdir, workers, args.model, args.threads, not args.no_speech_gate)
+    daemon = Daemon(workdir, workers, args.model, args.threads, not args.no_speech_gate,
+                    {"on": True, "off": False}.get(args.int8, "model"))
     outcomes: list[tuple[int, bool]] = []
     try:
         await run_level(daemon, 4, [a[:250] for a in audio], voiced, args)  # warm-up: 5 s calls, not reported
@@ -305,6 +307,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="model directory (default: the shipped model)")
     parser.add_argument("--threads", type=int, default=1, help="model.threads of the daemon (per worker)")
     parser.add_argument("--no-speech-gate", action="store_true", help="run the daemon with pipeline.speech_gate off")
+    parser.add_argument("--int8", choices=("on", "off", "model"), default="model",
+                        help="model.quantize_int8 of the daemon: on, off, or model: as the model directory says")
     parser.add_argument("--generators", type=int, default=1, help="generator processes")
     parser.add_argument("--speech", type=Path, default=SPEECH, help="CREMA-D AudioWAV directory")
     parser.add_argument("--distinct", type=int, default=16, help="distinct call recordings (cycled)")

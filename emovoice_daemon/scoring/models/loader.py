@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
@@ -242,8 +243,11 @@ def inference_threads(cfg: ModelConfig) -> int:
 
 
 def quantize_linear(model: torch.nn.Module) -> torch.nn.Module:
-    """int8 dynamic quantisation of the linear layers (CPU only; convolutions stay float)."""
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    """int8 dynamic quantisation of the linear layers (CPU only; convolutions stay float). torch 2.13 warns that its
+    quantized tensor constructors are deprecated; that is not the daemon's operator's concern, so it is not logged."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def wants_int8(cfg: ModelConfig, config: dict[str, Any]) -> bool:

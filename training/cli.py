@@ -149,8 +149,9 @@ def cmd_site_sim(args: argparse.Namespace) -> None:
 
 def _head_inputs(args: argparse.Namespace, head: dict | None = None):  # noqa: ANN202 (lazy imports)
     """The whisper config's head options (``layers`` and ``chunk_s`` from an existing head's config.json ``head``),
-    CREMA-D, its feature cache, the labels."""
-    from training.call_head import ANGER_LABELS, UPSET_LABELS
+    the machine speech asked for (checked before CREMA-D is read: a missing package stops at once), CREMA-D, its
+    feature cache, the labels."""
+    from training.call_head import ANGER_LABELS, UPSET_LABELS, MachineSpeech
     from training.config import load_config
     from training.corpora import CREMAD_LABELS
     from training.run import load
@@ -158,6 +159,11 @@ def _head_inputs(args: argparse.Namespace, head: dict | None = None):  # noqa: A
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, {})
+    sources = getattr(args, "machine_speech", None)
+    try:
+        machine = MachineSpeech.build(sources, args.machine_seconds, cfg.seed) if sources else None
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        raise SystemExit(f"emovoice-train {args.command}: {exc}") from None
     opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden,
                                   **({} if getattr(args, "chunk_s", None) is None else {"chunk_s": args.chunk_s}),
                                   **{k: head[k] for k in ("layers", "chunk_s") if head and k in head}})
@@ -165,20 +171,16 @@ def _head_inputs(args: argparse.Namespace, head: dict | None = None):  # noqa: A
     data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
     cache = FeatureCache(opts, Path(cfg.cache_dir or default_cache_dir()) / "features", cfg.augment, cfg.seed, log)
     labels = {"upset": UPSET_LABELS, "anger": ANGER_LABELS, "corpus": CREMAD_LABELS}[args.labels]
-    return cfg, opts, data, cache, labels, log
+    return cfg, opts, data, cache, labels, log, machine
 
 
 def cmd_head(args: argparse.Namespace) -> None:
     """Train the call-level encoder head on CREMA-D's training actors and export it with its replay set
     (escalation.json comes from ``emovoice-train calls --choose``)."""
-    from training.call_head import MachineSpeech, train_call_head
+    from training.call_head import train_call_head
     from training.train_whisper import export
 
-    cfg, opts, data, cache, labels, log = _head_inputs(args)
-    try:
-        machine = MachineSpeech.build(args.machine_speech, args.machine_seconds, cfg.seed) if args.machine_speech else None
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        raise SystemExit(f"emovoice-train head: {exc}") from None
+    cfg, opts, data, cache, labels, log, machine = _head_inputs(args)
     settings = dataclasses.replace(cfg.train, epochs=args.epochs)
     head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log, machine)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
@@ -190,7 +192,7 @@ def cmd_head(args: argparse.Namespace) -> None:
 def cmd_replay(args: argparse.Namespace) -> None:
     """(Re)write an existing encoder head's replay set from the training actors it was trained on."""
     head = json.loads((Path(args.model) / "config.json").read_text())
-    cfg, opts, data, cache, labels, log = _head_inputs(args, head)
+    cfg, opts, data, cache, labels, log, _ = _head_inputs(args, head)
     _write_replay(Path(args.model), data, cache, opts, labels, cfg.seed, log)
 
 

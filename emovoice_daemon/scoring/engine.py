@@ -122,9 +122,7 @@ class ScoringEngine:
         self.window = int(round(pipeline.window_s * RATE))
         self.hop = int(round(pipeline.hop_s * RATE))
         self.model_rate = classifier.sampling_rate
-        self.frontend = self._streaming_front_end() if cfg.streaming and streaming.supports(classifier) else None
-        self.chunked = self._chunked_front_end() if chunked.supports(classifier) else None
-        self.adapter = getattr(classifier, "adapter", None)  # the line's statistics (encoder models)
+        self._use(classifier)
         self.gate = SpeechGate.load() if pipeline.speech_gate else None
         self.tail = self.hop + int(WARM_S * RATE)
         self._legs: dict[str, _Leg] = {}
@@ -178,6 +176,10 @@ class ScoringEngine:
             raise ValueError(f"the new model runs at {classifier.sampling_rate} Hz, the live one at {self.model_rate} Hz")
         if self.adapter is not None:
             self.adapter.save()  # the new model's adapter starts from the site statistics learnt so far
+        self._use(classifier)
+
+    def _use(self, classifier: Classifier) -> None:
+        """The classifier, its line statistics (encoder models) and the front-end that fits it."""
         self.classifier = classifier
         self.adapter = getattr(classifier, "adapter", None)
         self.frontend = self._streaming_front_end() if self.cfg.streaming and streaming.supports(classifier) else None

@@ -112,10 +112,14 @@ class FeedbackDesk:
                                f"{self.grace_s:.0f} s after a call ends)")
         return call
 
+    def is_supervisor(self, token: str) -> bool:
+        """Whether ``token`` is the API token."""
+        return hmac.compare_digest(token.encode(), self.api_token.encode())
+
     def who(self, token: str, agent: Any, call: _Call) -> str:
         """``supervisor`` (API token, no agent named) or ``agent ID`` (its own token, its own call)."""
         if agent is None:
-            if hmac.compare_digest(token.encode(), self.api_token.encode()):
+            if self.is_supervisor(token):
                 return "supervisor"
             raise Refused(401, "missing or wrong bearer token")
         if not isinstance(agent, str) or not agent:
@@ -174,7 +178,7 @@ def add_routes(app: web.Application, desk: FeedbackDesk, token_of: Callable[[web
             try:
                 data = await _body(request)
             except Refused:
-                if not hmac.compare_digest(token.encode(), desk.api_token.encode()):
+                if not desk.is_supervisor(token):
                     raise Refused(401, "missing or wrong bearer token") from None  # who it is comes with the body
                 raise
             event = decide(subject, data.get("verdict"), token, data.get("agent"))

@@ -131,6 +131,11 @@ def no_caller_calls(calm_clips: Sequence[np.ndarray], seed: int = 0, moh_dir: Pa
     return [Call(name, "line", "line", g711_roundtrip(np.clip(x, -1, 1), "ulaw"), None, seconds) for name, x in audio.items()]
 
 
+def _same_length(y: np.ndarray, n: int) -> np.ndarray:
+    """A codec's output cut or zero-padded to the ``n`` samples that went in."""
+    return y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
+
+
 def gsm_roundtrip(x: np.ndarray) -> np.ndarray:
     """GSM 06.10 full rate and back, through sox (libgsm)."""
     if shutil.which("sox") is None:
@@ -141,7 +146,7 @@ def gsm_roundtrip(x: np.ndarray) -> np.ndarray:
         subprocess.run(["sox", str(src), "-r", "8000", "-c", "1", str(gsm)], check=True, capture_output=True)
         subprocess.run(["sox", str(gsm), "-b", "16", str(back)], check=True, capture_output=True)
         y, _ = sf.read(back, dtype="float32")
-    return y[: len(x)] if len(y) >= len(x) else np.pad(y, (0, len(x) - len(y)))
+    return _same_length(y, len(x))
 
 
 def g722_roundtrip(x: np.ndarray) -> np.ndarray:
@@ -155,7 +160,7 @@ def g722_roundtrip(x: np.ndarray) -> np.ndarray:
     back = subprocess.run([*quiet, "-f", "g722", "-i", "-", "-f", "s16le", "-ar", "16000", "-ac", "1", "-"],
                           input=coded, check=True, capture_output=True).stdout
     y = resample(np.frombuffer(back, "<i2").astype(np.float32) / 32768.0, 16000, RATE)
-    return y[: len(x)] if len(y) >= len(x) else np.pad(y, (0, len(x) - len(y)))
+    return _same_length(y, len(x))
 
 
 def packet_loss(x: np.ndarray, rng: np.random.Generator, loss: float = 0.05, frame_s: float = 0.02) -> np.ndarray:

@@ -79,25 +79,56 @@ def replay_windows(data, cache: FeatureCache, opts: HeadOptions,  # noqa: ANN001
     return np.concatenate(feats), np.r_[np.tile(y[tr], len(opts.train_conditions)), y[va]], guard
 
 
+class Teacher:
+    """Trained encoder heads (model directories) whose mean probabilities a student head learns to reproduce: one
+    head, or an ensemble of heads trained with different seeds (steadier than any one of them)."""
+
+    def __init__(self, model_dirs: Sequence[Path]) -> None:
+        from emovoice_daemon.scoring.models.whisper import EmoVoiceWhisperForAudioClassification
+
+        self.models = [EmoVoiceWhisperForAudioClassification.from_pretrained(str(d)).eval() for d in model_dirs]
+        self.name = " + ".join(str(d) for d in model_dirs)
+
+    def probs(self, feats: np.ndarray) -> np.ndarray:
+        """Mean P(class) for cached features (every hidden state the cache holds), each head standardised as trained."""
+        with torch.no_grad():
+            return np.mean([torch.softmax(m.classify((torch.from_numpy(select(feats, m.config.layers)) - m.feature_mean)
+                                                     / m.feature_std), dim=1).numpy() for m in self.models], axis=0)
+
+
+def _targets(feats: np.ndarray, hard: np.ndarray, teacher: Teacher | None) -> tuple[np.ndarray, np.ndarray]:
+    """Which windows train and on what: the labelled ones on their class, or with a ``teacher`` every window on
+    its probabilities (the clips a label map leaves out too: the teacher says what they sound like)."""
+    if teacher is None:
+        keep = hard >= 0
+        return keep, hard[keep]
+    return np.ones(len(hard), bool), teacher.probs(feats).astype(np.float32)
+
+
 def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Mapping[str, str | None],  # noqa: ANN001
-                    settings: TrainSettings, seed: int, log: Log, machine: MachineSpeech | None = None) -> Head:
+                    settings: TrainSettings, seed: int, log: Log, machine: MachineSpeech | None = None,
+                    teacher: Teacher | None = None) -> Head:
     """Fit on the training actors' ``opts.train_conditions`` (standardised by the training statistics: the daemon's
-    ``adapt: false``) and ``machine`` speech as NEUTRAL under the same conditions, choose the epoch and temperature on
-    the validation actors' telephony clips."""
-    split, y, tr, va = _clips(data, label_map)
-    feats = {c: select(cache.get(data, c), opts.layers) for c in opts.train_conditions}
-    mean, std = site_stats(np.concatenate([feats[c][tr] for c in opts.train_conditions]))
-    z = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
-    x = [z(feats[c][tr]) for c in opts.train_conditions]
-    labels = [y[tr]] * len(opts.train_conditions)
+    ``adapt: false``) and ``machine`` speech as NEUTRAL under the same conditions - or, distilled, on a ``teacher``'s
+    probabilities for all of them - and choose the epoch and temperature on the validation actors' telephony clips."""
+    split, y, _, va = _clips(data, label_map)
+    actors = np.flatnonzero(np.isin([u.speaker for u in data.utts], split["train"]))
+    cached = {c: cache.get(data, c)[actors] for c in opts.train_conditions}
     if machine is not None and machine.store:
-        x += [z(select(cache.get(machine, c), opts.layers)) for c in opts.train_conditions]
-        labels += [np.full(len(machine.store), CLASSES.index("NEUTRAL"))] * len(opts.train_conditions)
+        cached = {c: np.concatenate([f, cache.get(machine, c)]) for c, f in cached.items()}
+    hard = np.r_[y[actors], np.full(len(machine.store) if machine else 0, CLASSES.index("NEUTRAL"))]
+    rows = {c: _targets(f, hard, teacher) for c, f in cached.items()}
+    corpus = np.arange(len(hard)) < len(actors)  # the statistics are CREMA-D's training windows, not machine speech
+    mean, std = site_stats(np.concatenate([select(f[rows[c][0] & corpus], opts.layers) for c, f in cached.items()]))
+    feats = {c: select(f[rows[c][0]], opts.layers) for c, f in cached.items()}
+    z = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
     x_val = z(select(cache.get(data, "telephony"), opts.layers)[va])
-    log(f"head: {len(tr)} training clips x {len(opts.train_conditions)} conditions ({len(split['train'])} actors), "
-        f"{len(machine.store) if machine else 0} machine-speech windows as NEUTRAL, "
+    log(f"head: layers {list(opts.layers)}, {len(actors)} training-actor clips x {len(opts.train_conditions)} "
+        f"conditions ({len(split['train'])} actors), {len(machine.store) if machine else 0} machine-speech windows"
+        f"{f', distilled from {teacher.name}' if teacher else ' as NEUTRAL, labelled clips only'}, "
         f"{len(va)} validation clips ({len(split['val'])} actors)")
-    head = fit_head(np.concatenate(x), np.concatenate(labels), x_val, y[va], opts.head_hidden, settings, seed, log)
+    head = fit_head(np.concatenate([z(f) for f in feats.values()]), np.concatenate([r[1] for r in rows.values()]),
+                    x_val, y[va], opts.head_hidden, settings, seed, log)
     with torch.no_grad():
         val_logits = head(torch.from_numpy(x_val)).numpy()
     return Head(head, mean, std, fit_temperature(val_logits, y[va]))

@@ -166,6 +166,7 @@ def _head_inputs(args: argparse.Namespace, head: dict | None = None):  # noqa: A
         raise SystemExit(f"emovoice-train {args.command}: {exc}") from None
     opts = HeadOptions.from_dict({**cfg.model, "train_conditions": args.conditions, "head_hidden": args.hidden,
                                   **({} if getattr(args, "chunk_s", None) is None else {"chunk_s": args.chunk_s}),
+                                  **({} if getattr(args, "layers", None) is None else {"layers": args.layers}),
                                   **{k: head[k] for k in ("layers", "chunk_s") if head and k in head}})
     log = _log_to(None)
     data = load(cfg.train_corpora, Path(cfg.cache_dir) if cfg.cache_dir else None)
@@ -177,12 +178,14 @@ def _head_inputs(args: argparse.Namespace, head: dict | None = None):  # noqa: A
 def cmd_head(args: argparse.Namespace) -> None:
     """Train the call-level encoder head on CREMA-D's training actors and export it with its replay set
     (escalation.json comes from ``emovoice-train calls --choose``)."""
-    from training.call_head import train_call_head
+    from training.call_head import Teacher, train_call_head
     from training.train_whisper import export
 
     cfg, opts, data, cache, labels, log, machine = _head_inputs(args)
     settings = dataclasses.replace(cfg.train, epochs=args.epochs)
-    head = train_call_head(data, cache, opts, labels, settings, cfg.seed, log, machine)
+    teacher = Teacher([Path(t) for t in args.teacher]) if args.teacher else None
+    seed = cfg.seed if args.seed is None else args.seed
+    head = train_call_head(data, cache, opts, labels, settings, seed, log, machine, teacher)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
     export(head, opts, Path(args.out), card)
     _write_replay(Path(args.out), data, cache, opts, labels, cfg.seed, log)
@@ -316,7 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--chunk-s", type=float, default=None,
                    help="encode each clip in chunks this long, pooled over them, as the daemon's chunked model does "
                         "(1: the daemon's hop; 0: the whole window at once; default: the config's model.chunk_s)")
+    h.add_argument("--layers", type=int, nargs="+",
+                   help="hidden states the head reads (the daemon runs max(layers) encoder blocks; default: the config's)")
+    h.add_argument("--teacher", nargs="+", metavar="DIR",
+                   help="distil: train on these encoder heads' mean probabilities (model directories; several: an "
+                        "ensemble) for every training-actor clip and machine-speech window, not on their labels")
     h.add_argument("--epochs", type=int, default=20)
+    h.add_argument("--seed", type=int, help="the head's initialisation and batch order (the data keep the config's seed)")
     h.add_argument("--card", help="model card (README.md) to write with it")
     h.set_defaults(func=cmd_head)
     r = sub.add_parser("replay", help="(re)write an encoder head's replay set (replay.npz, for site refits) from the "

@@ -169,13 +169,14 @@ def adapt(x: np.ndarray, speakers: Sequence[str], history_s: float, opts: HeadOp
 
 def fit_head(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, hidden: int,
              settings: TrainSettings, seed: int, log: Log) -> nn.Module:
-    """Class-weighted cross-entropy with AdamW; the epoch with the best validation UAR is kept."""
+    """Class-weighted cross-entropy with AdamW (``y``: class indices, or a teacher's probabilities float[N, C] to
+    distil); the epoch with the best validation UAR is kept."""
     torch.manual_seed(seed)
     size = x.shape[1]
     head = nn.Sequential(nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, len(CLASSES))) if hidden else nn.Linear(size, len(CLASSES))
     xt, yt, xv = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x_val)
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    weight = class_weights(y, len(CLASSES), settings.class_weight_power)
+    weight = class_weights(y if y.ndim == 1 else y.argmax(1), len(CLASSES), settings.class_weight_power)
     drop = nn.Dropout(0.2)
     gen = torch.Generator().manual_seed(seed)
     best, best_state = -1.0, None

@@ -119,3 +119,29 @@ def test_chunked_training_features_are_the_daemons(tmp_path: Path) -> None:
         daemon = model.pooled_features(torch.from_numpy(resample(wave, 8000, 16000))[None]).numpy()
     np.testing.assert_allclose(feats, daemon, rtol=2e-3, atol=2e-3)  # the cache keeps float16
     assert cache_key(["a"], HeadOptions(chunk_s=1.0), "clean") != cache_key(["a"], HeadOptions(), "clean")
+
+
+def test_distilled_targets_cover_every_window_with_the_teachers_probabilities() -> None:
+    from training.call_head import _targets
+
+    class Fixed:
+        def probs(self, feats: np.ndarray) -> np.ndarray:
+            return np.tile([0.2, 0.5, 0.3], (len(feats), 1))
+
+    hard = np.array([0, -1, 2])
+    keep, y = _targets(np.zeros((3, 2, 2, 4)), hard, None)
+    assert keep.tolist() == [True, False, True] and y.tolist() == [0, 2]  # labels: the left-out clip is dropped
+    keep, y = _targets(np.zeros((3, 2, 2, 4)), hard, Fixed())
+    assert keep.all() and np.allclose(y, [[0.2, 0.5, 0.3]] * 3)  # distilled: every window, the teacher's answer
+
+
+def test_head_command_distils_a_shallower_student_from_a_teacher_head(config: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    cli_main(["head", "--config", str(config), "--out", str(teacher), "--epochs", "2", "--machine-speech"])
+    cli_main(["head", "--config", str(config), "--out", str(student), "--epochs", "2", "--machine-speech",
+              "--layers", "1", "--teacher", str(teacher)])
+    assert f"distilled from {teacher}" in capsys.readouterr().out
+    clf = load_classifier(ModelConfig(path=str(student), adapt=False))
+    assert list(clf.model.config.layers) == [1] and len(clf.model.encoder.layers) == 1  # the daemon runs one block
+    assert clf.predict(np.zeros((1, 24000), np.float32) + 0.01).shape == (1, 3)

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8, help="calls scored at once (the CLI's --jobs)")
     parser.add_argument("--model", default="", help="model directory (default: the shipped default)")
     args = parser.parse_args()
-    config = Config(model=ModelConfig(path=args.model))
+    config = Config(model=ModelConfig(path=args.model, site_stats_path=""))  # in memory: never the live site's
     classifier = load_classifier(config.model)
     with tempfile.TemporaryDirectory() as tmp:
         calls, out = Path(tmp) / "calls", Path(tmp) / "qa"

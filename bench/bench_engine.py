@@ -279,7 +279,7 @@ async def main(args: argparse.Namespace) -> None:
         base_rss = rss_mb()
         classifier = load_classifier(ModelConfig(path=str(model_dir), device=device, threads=args.threads,
                                                  quantize_int8={"on": True, "off": False}.get(args.int8, "model"),
-                                                 site_stats_path=str(Path(tmp) / "site-stats.npz")))  # not the user's
+                                                 site_stats_path=""))  # in memory: a bench never teaches the live site
         int8 = any("quantized" in type(m).__module__ for m in classifier.model.modules())
         params = sum(p.numel() for p in classifier.model.parameters()) / 1e6
         model_rss = rss_mb()

@@ -92,17 +92,18 @@ class Teacher:
     def probs(self, feats: np.ndarray) -> np.ndarray:
         """Mean P(class) for cached features (every hidden state the cache holds), each head standardised as trained."""
         with torch.no_grad():
-            return np.mean([torch.softmax(m.classify((torch.from_numpy(select(feats, m.config.layers)) - m.feature_mean)
-                                                     / m.feature_std), dim=1).numpy() for m in self.models], axis=0)
+            return np.mean([torch.softmax(m.classify_trained(torch.from_numpy(select(feats, m.config.layers))), dim=1)
+                            .numpy() for m in self.models], axis=0)
 
 
-def _targets(feats: np.ndarray, hard: np.ndarray, teacher: Teacher | None) -> tuple[np.ndarray, np.ndarray]:
-    """Which windows train and on what: the labelled ones on their class, or with a ``teacher`` every window on
-    its probabilities (the clips a label map leaves out too: the teacher says what they sound like)."""
+def _targets(cached: Mapping[str, np.ndarray], hard: np.ndarray,
+             teacher: Teacher | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Which windows train and, per condition, on what: the labelled ones on their class, or with a ``teacher``
+    every window on its probabilities (the clips a label map leaves out too: the teacher says what they sound like)."""
     if teacher is None:
         keep = hard >= 0
-        return keep, hard[keep]
-    return np.ones(len(hard), bool), teacher.probs(feats).astype(np.float32)
+        return keep, {c: hard[keep] for c in cached}
+    return np.ones(len(hard), bool), {c: teacher.probs(f).astype(np.float32) for c, f in cached.items()}
 
 
 def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Mapping[str, str | None],  # noqa: ANN001
@@ -117,17 +118,17 @@ def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Map
     if machine is not None and machine.store:
         cached = {c: np.concatenate([f, cache.get(machine, c)]) for c, f in cached.items()}
     hard = np.r_[y[actors], np.full(len(machine.store) if machine else 0, CLASSES.index("NEUTRAL"))]
-    rows = {c: _targets(f, hard, teacher) for c, f in cached.items()}
-    corpus = np.arange(len(hard)) < len(actors)  # the statistics are CREMA-D's training windows, not machine speech
-    mean, std = site_stats(np.concatenate([select(f[rows[c][0] & corpus], opts.layers) for c, f in cached.items()]))
-    feats = {c: select(f[rows[c][0]], opts.layers) for c, f in cached.items()}
+    keep, targets = _targets(cached, hard, teacher)
+    feats = {c: select(f[keep], opts.layers) for c, f in cached.items()}
+    corpus = int(keep[: len(actors)].sum())  # kept rows start with CREMA-D's: the statistics leave machine speech out
+    mean, std = site_stats(np.concatenate([f[:corpus] for f in feats.values()]))
     z = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
     x_val = z(select(cache.get(data, "telephony"), opts.layers)[va])
     log(f"head: layers {list(opts.layers)}, {len(actors)} training-actor clips x {len(opts.train_conditions)} "
         f"conditions ({len(split['train'])} actors), {len(machine.store) if machine else 0} machine-speech windows"
         f"{f', distilled from {teacher.name}' if teacher else ' as NEUTRAL, labelled clips only'}, "
         f"{len(va)} validation clips ({len(split['val'])} actors)")
-    head = fit_head(np.concatenate([z(f) for f in feats.values()]), np.concatenate([r[1] for r in rows.values()]),
+    head = fit_head(np.concatenate([z(f) for f in feats.values()]), np.concatenate(list(targets.values())),
                     x_val, y[va], opts.head_hidden, settings, seed, log)
     with torch.no_grad():
         val_logits = head(torch.from_numpy(x_val)).numpy()

@@ -169,10 +169,8 @@ class HeldOut:
         self.x, self.y = select(cache.get(data, "telephony"), opts.layers)[test], y[test]
 
     def uar(self, classifier: Classifier) -> float:
-        model = classifier.model
-        z = (torch.from_numpy(self.x) - model.feature_mean) / model.feature_std
         with torch.no_grad():
-            pred = model.classify(z).argmax(1).numpy()
+            pred = classifier.model.classify_trained(torch.from_numpy(self.x)).argmax(1).numpy()
         return float(np.mean([np.mean(pred[self.y == k] == k) for k in np.unique(self.y)]))
 
 

@@ -128,11 +128,11 @@ def test_distilled_targets_cover_every_window_with_the_teachers_probabilities() 
         def probs(self, feats: np.ndarray) -> np.ndarray:
             return np.tile([0.2, 0.5, 0.3], (len(feats), 1))
 
-    hard = np.array([0, -1, 2])
-    keep, y = _targets(np.zeros((3, 2, 2, 4)), hard, None)
-    assert keep.tolist() == [True, False, True] and y.tolist() == [0, 2]  # labels: the left-out clip is dropped
-    keep, y = _targets(np.zeros((3, 2, 2, 4)), hard, Fixed())
-    assert keep.all() and np.allclose(y, [[0.2, 0.5, 0.3]] * 3)  # distilled: every window, the teacher's answer
+    hard, cached = np.array([0, -1, 2]), {"clean": np.zeros((3, 2, 2, 4)), "aug1": np.ones((3, 2, 2, 4))}
+    keep, y = _targets(cached, hard, None)
+    assert keep.tolist() == [True, False, True] and {c: v.tolist() for c, v in y.items()} == {"clean": [0, 2], "aug1": [0, 2]}
+    keep, y = _targets(cached, hard, Fixed())  # distilled: every window, the teacher's answer
+    assert keep.all() and y.keys() == cached.keys() and all(np.allclose(v, [[0.2, 0.5, 0.3]] * 3) for v in y.values())
 
 
 def test_head_command_distils_a_shallower_student_from_a_teacher_head(config: Path, tmp_path: Path,

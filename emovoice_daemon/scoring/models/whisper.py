@@ -231,6 +231,10 @@ class EmoVoiceWhisperForAudioClassification(PreTrainedModel):
         """Logits from standardised features."""
         return self.head(normalised.to(self.feature_mean.dtype))
 
+    def classify_trained(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits from unnormalised features, standardised by the training statistics (no line adaptation)."""
+        return self.classify((feats - self.feature_mean) / self.feature_std)
+
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
         """Logits with the training site's standardisation (the daemon substitutes the line's own); padded rows
@@ -239,7 +243,7 @@ class EmoVoiceWhisperForAudioClassification(PreTrainedModel):
             logits = torch.cat([self(input_values[i : i + 1, : int(n)]).logits for i, n in enumerate(attention_mask.sum(1))])
         else:
             feats = self.pooled_features(input_values)
-            logits = self.classify((feats - self.feature_mean) / self.feature_std)
+            logits = self.classify_trained(feats)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

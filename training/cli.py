@@ -69,6 +69,7 @@ MACHINE_SPEECH = ("prompts-fr", "prompts-it", "prompts-ru", "espeak")  # the shi
 def cmd_calls(args: argparse.Namespace) -> None:
     """Whole calls of held-out speakers through the daemon's production path; one table row per corpus."""
     from emovoice_daemon.judgement.policy import describe, with_model_defaults
+    from emovoice_daemon.scoring.models.loader import has_features
     from training.call_eval import FeatureMemo, audio_seconds, call_metrics, line_report, misses, score_calls, table
     from training.calls import build_calls
     from training.heldout import corpus_speakers, load_call_corpus
@@ -81,7 +82,7 @@ def cmd_calls(args: argparse.Namespace) -> None:
     config.escalation = with_model_defaults(config.escalation, classifier.escalation)
     print(f"model {classifier.name}, adapt {config.model.adapt}, speech gate {config.pipeline.speech_gate}, "
           f"condition {args.condition}, seed {args.seed}\nescalation: {describe(config.escalation, classifier.escalation)}", flush=True)
-    memo = FeatureMemo(classifier, Path(args.memo)) if args.memo and hasattr(classifier.model, "pooled_features") else None
+    memo = FeatureMemo(classifier, Path(args.memo)) if args.memo and has_features(classifier.model) else None
     rows, out, started = {}, {}, time.monotonic()
 
     def run(name: str, calls: list) -> list:
@@ -189,6 +190,25 @@ def cmd_head(args: argparse.Namespace) -> None:
     card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
     export(head, opts, Path(args.out), card)
     _write_replay(Path(args.out), data, cache, opts, labels, cfg.seed, log)
+    log(f"exported to {args.out}")
+
+
+def cmd_student(args: argparse.Namespace) -> None:
+    """Distil encoder heads into a compact model (log-mel CNN) and export it (escalation.json: ``calls --choose``)."""
+    from training.call_head import Teacher
+    from training.compact_student import distil_compact, student_data
+    from training.config import load_config
+    from training.export import save_model_dir
+
+    cfg, _, data, cache, labels, log, machine = _head_inputs(args)
+    compact = load_config(args.compact_config, {})
+    data = student_data(data, cache, Teacher([Path(t) for t in args.teacher]), args.conditions, labels, cfg.augment,
+                        cfg.seed, machine)
+    log(f"student: {len(data.train_waves)} windows ({', '.join(args.conditions)}), {len(data.val_waves)} validation clips")
+    settings = dataclasses.replace(compact.train, epochs=args.epochs, label_smoothing=0.0)
+    model, temperature = distil_compact(data, compact.model, settings, cfg.seed if args.seed is None else args.seed, log)
+    card = Path(args.card).read_text() if args.card else f"# EmoVoice compact student of {', '.join(args.teacher)}\n"
+    save_model_dir(model, Path(args.out), temperature, do_normalize=False, card=card)
     log(f"exported to {args.out}")
 
 
@@ -310,11 +330,6 @@ def main(argv: list[str] | None = None) -> None:
     s.set_defaults(func=cmd_site_sim, adapt=None)
     h = sub.add_parser("head", help="train the call-level Whisper-encoder head on CREMA-D training actors and export it")
     h.add_argument("--out", required=True, help="model directory to write")
-    h.add_argument("--machine-speech", nargs="*", default=list(MACHINE_SPEECH), metavar="SOURCE",
-                   help="machine speech trained on as NEUTRAL (training halves only): prompts-<en|es|fr|it|ru> "
-                        "(Asterisk's prompt packages), espeak (espeak-ng's training voices); none: leave the option empty "
-                        "(default: %(default)s)")
-    h.add_argument("--machine-seconds", type=float, default=600.0, help="seconds of each machine-speech source")
     h.add_argument("--hidden", type=int, default=256)
     h.add_argument("--chunk-s", type=float, default=None,
                    help="encode each clip in chunks this long, pooled over them, as the daemon's chunked model does "
@@ -328,11 +343,27 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--seed", type=int, help="the head's initialisation and batch order (the data keep the config's seed)")
     h.add_argument("--card", help="model card (README.md) to write with it")
     h.set_defaults(func=cmd_head)
+    st = sub.add_parser("student", help="distil encoder heads into a compact model (the log-mel CNN) and export it")
+    st.add_argument("--out", required=True, help="model directory to write")
+    st.add_argument("--teacher", nargs="+", required=True, metavar="DIR",
+                    help="encoder heads (model directories; several: an ensemble) whose mean probabilities it learns")
+    st.add_argument("--compact-config", type=Path, default=Path("training/configs/default.yaml"),
+                    help="the compact model's architecture (model:) and optimisation (train:)")
+    st.add_argument("--epochs", type=int, default=20)
+    st.add_argument("--seed", type=int, help="the student's initialisation and batch order")
+    st.add_argument("--card", help="model card (README.md) to write with it")
+    st.set_defaults(func=cmd_student, hidden=0)
     r = sub.add_parser("replay", help="(re)write an encoder head's replay set (replay.npz, for site refits) from the "
                                       "CREMA-D training actors it was trained on")
     r.add_argument("--model", required=True, help="the head's model directory")
     r.set_defaults(func=cmd_replay, hidden=0)
-    for p in (h, r):
+    for p in (h, st):
+        p.add_argument("--machine-speech", nargs="*", default=list(MACHINE_SPEECH), metavar="SOURCE",
+                       help="machine speech trained on as NEUTRAL (training halves only): prompts-<en|es|fr|it|ru> "
+                            "(Asterisk's prompt packages), espeak (espeak-ng's training voices); none: leave the option "
+                            "empty (default: %(default)s)")
+        p.add_argument("--machine-seconds", type=float, default=600.0, help="seconds of each machine-speech source")
+    for p in (h, st, r):
         p.add_argument("--config", type=Path, default=Path("training/configs/whisper.yaml"),
                        help="encoder, cache and corpus settings")
         p.add_argument("--labels", choices=("upset", "anger", "corpus"), default="anger",

@@ -40,7 +40,8 @@ class TrainSettings:
 
 @dataclass
 class TrainData:
-    """Clean 8 kHz training clips (degraded on the fly) and validation clips already in the validation condition."""
+    """Clean 8 kHz training clips (degraded on the fly) and validation clips already in the validation condition;
+    ``train_labels`` are class indices, or a teacher's probabilities float[N, C] to distil."""
 
     train_waves: Sequence[np.ndarray]
     train_labels: np.ndarray
@@ -133,7 +134,8 @@ def fit(model: PreTrainedModel, data: TrainData, settings: TrainSettings, augmen
     torch.manual_seed(seed)
     dev = _device(model)
     labels_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    weight = class_weights(train_labels, model.config.num_labels, settings.class_weight_power).to(dev)
+    hard = train_labels if train_labels.ndim == 1 else train_labels.argmax(1)
+    weight = class_weights(hard, model.config.num_labels, settings.class_weight_power).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(math.ceil(len(train_waves) / settings.batch_size) / settings.grad_accum)

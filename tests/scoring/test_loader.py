@@ -194,3 +194,25 @@ def test_the_loaded_model_uses_the_chosen_threads(tmp_path: Path, monkeypatch: p
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_compact_model_with_feature_norm_adapts_to_the_line(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = CompactForAudioClassification(CompactConfig(conv2d_channels=[4, 4], conv1d_channels=[8, 8], hidden_size=8))
+    normed = CompactForAudioClassification(CompactConfig(conv2d_channels=[4, 4], conv1d_channels=[8, 8], hidden_size=8,
+                                                         feature_norm=True))
+    normed.train()
+    x = speechlike(4, 3.0, 8000)
+    normed(input_values=torch.from_numpy(x))  # training batches move the feature statistics off 0 / 1
+    for name, model in (("plain", plain), ("normed", normed)):
+        model.eval().save_pretrained(tmp_path / name)
+        Wav2Vec2FeatureExtractor(sampling_rate=8000, do_normalize=False).save_pretrained(tmp_path / name)
+    assert load_classifier(ModelConfig(path=str(tmp_path / "plain"), site_stats_path="")).adapter is None
+    clf = load_classifier(ModelConfig(path=str(tmp_path / "normed"), site_stats_path=""))
+    assert clf.adapter is not None and clf.adapter.site.mean.shape == (16,)
+    assert not np.allclose(clf.model.feature_mean.numpy(), 0.0)
+    expected = torch.softmax(logits_of(clf, x), dim=-1).numpy()
+    probs, feats = clf.predict_with_features(x)  # no legs: the training statistics, as the model's own forward
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert feats.shape == (4, 16)
+    assert not np.allclose(clf.predict(x, ["a", "b", "c", "d"])[1:], expected[1:], atol=1e-4)  # the site's statistics

@@ -4,7 +4,7 @@ import torch
 from synthetic_audio import synth
 
 from training.augment import TelephonyAugment
-from training.loop import TrainData, TrainSettings, fit, mixup
+from training.loop import TrainData, TrainSettings, fit, mixup, predict_logits
 from training.train_compact import build
 
 SMALL = dict(conv2d_channels=[4, 8], conv1d_channels=[16, 16], hidden_size=16)
@@ -45,3 +45,17 @@ def test_mixup_training_runs_and_records_history() -> None:
     history = fit(build(SMALL), data(), TrainSettings(epochs=2, batch_size=4, mixup_alpha=0.2), TelephonyAugment(), 0, lambda _: None)
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(np.isfinite(h["train_loss"]) for h in history)
+
+
+def test_soft_targets_pull_the_model_toward_the_teachers_probabilities() -> None:
+    base = data()
+    shifted = (base.train_labels + 1) % 3  # the teacher disagrees with every label
+    teacher = np.full((len(shifted), 3), 0.1, np.float32)
+    teacher[np.arange(len(shifted)), shifted] = 0.8
+    soft = TrainData(base.train_waves, teacher, base.train_waves, shifted)
+    torch.manual_seed(0)
+    model = build({**SMALL, "feature_norm": True})
+    fit(model, soft, TrainSettings(epochs=10, batch_size=4, lr=0.01, label_smoothing=0.0), lambda x, rate, rng: x, 0,
+        lambda _: None)
+    predicted = predict_logits(model, base.train_waves).argmax(1)
+    assert (predicted == shifted).mean() >= 0.75 and (predicted == base.train_labels).mean() <= 0.25

@@ -145,3 +145,36 @@ def test_head_command_distils_a_shallower_student_from_a_teacher_head(config: Pa
     clf = load_classifier(ModelConfig(path=str(student), adapt=False))
     assert list(clf.model.config.layers) == [1] and len(clf.model.encoder.layers) == 1  # the daemon runs one block
     assert clf.predict(np.zeros((1, 24000), np.float32) + 0.01).shape == (1, 3)
+
+
+def test_student_command_distils_a_compact_model_that_adapts_to_the_line(config: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from training.call_head import ANGER_LABELS, Teacher
+    from training.compact_student import student_data
+    from training.heldout import cremad_split
+    from training.run import load
+    from training.train_whisper import FeatureCache, HeadOptions, encode, load_encoder
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    cli_main(["head", "--config", str(config), "--out", str(teacher), "--epochs", "2", "--machine-speech"])
+    compact = tmp_path / "compact.yaml"
+    compact.write_text("model_kind: compact\ntrain_corpora: []\nmodel: {conv2d_channels: [4, 4], conv1d_channels: [8, 8], hidden_size: 8}\n"
+                       "train: {batch_size: 8, lr: 0.01}\n")
+    cli_main(["student", "--config", str(config), "--out", str(student), "--teacher", str(teacher), "--epochs", "2",
+              "--machine-speech", "--compact-config", str(compact), "--conditions", "telephony", "aug1"])
+    assert "student: " in capsys.readouterr().out
+    clf = load_classifier(ModelConfig(path=str(student), site_stats_path=""))
+    assert clf.model.config.feature_norm and clf.sampling_rate == 8000
+    assert clf.adapter is not None and clf.adapter.site.mean.shape == (16,)  # mean and std of 8 channels
+    assert clf.predict(np.zeros((1, 24000), np.float32) + 0.01).shape == (1, 3)
+    # the student hears exactly the windows the teacher's probabilities were computed from
+    cfg = load_config(config)
+    opts = HeadOptions.from_dict({**cfg.model, "train_conditions": ["aug1"]})
+    cremad = load(cfg.train_corpora, tmp_path / "cache")
+    cache = FeatureCache(opts, tmp_path / "cache" / "features", cfg.augment, cfg.seed, lambda _: None)
+    data = student_data(cremad, cache, Teacher([teacher]), ["aug1"], ANGER_LABELS, cfg.augment, cfg.seed)
+    cached = cache.get(cremad, "aug1")
+    first = next(i for i, u in enumerate(cremad.utts) if u.speaker in cremad_split(cremad.utts)["train"])
+    again = encode(load_encoder(opts.encoder, opts.encoder_layers), [data.train_waves[0]], lambda _: None, "check")
+    np.testing.assert_allclose(again[0].astype(np.float32), cached[first].astype(np.float32), atol=1e-2)
+    np.testing.assert_allclose(data.train_labels.sum(1), 1.0, atol=1e-5)

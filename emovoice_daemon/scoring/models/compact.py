@@ -4,6 +4,8 @@ The model takes raw waveform at ``config.sampling_rate`` (float in [-1, 1]), com
 log-mel features with ``torch.stft`` (no torchaudio), references them to the level of the
 window's loud (speech) frames with a fixed dynamic range (so neither line gain nor the amount of
 silence matters; spectral tilt is kept), and classifies with a small 2-D conv front-end, a 1-D temporal conv stack and mean+std pooling.
+With ``feature_norm`` the pooled vector is standardised before the head (statistics learnt in training, like batch
+norm), so the daemon can centre it on a site's own statistics as it does the encoder model's features.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class CompactConfig(PretrainedConfig):
     spec_freq_mask_width: int = 8
     level_quantile: float = 0.9
     dynamic_range_db: float = 50.0
+    feature_norm: bool = False
     temperature: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:
@@ -125,6 +128,7 @@ class CompactForAudioClassification(PreTrainedModel):
         flat = chans[-1] * (config.n_mels // self.downsample)
         c1 = [flat, *config.conv1d_channels]
         self.conv1d = nn.Sequential(*(conv1d_block(a, b, 2**i) for i, (a, b) in enumerate(zip(c1[:-1], c1[1:]))))
+        self.norm = nn.BatchNorm1d(2 * c1[-1], affine=False) if config.feature_norm else None
         self.head = nn.Sequential(
             nn.Dropout(config.dropout),
             nn.Linear(2 * c1[-1], config.hidden_size),
@@ -139,7 +143,7 @@ class CompactForAudioClassification(PreTrainedModel):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.affine:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
@@ -158,6 +162,41 @@ class CompactForAudioClassification(PreTrainedModel):
                 mel[b, :, t0 : t0 + w] = 0.0
         return mel
 
+    @property
+    def feature_mean(self) -> torch.Tensor | None:
+        """Training mean of the pooled features (``feature_norm`` models; None otherwise)."""
+        return None if self.norm is None else self.norm.running_mean
+
+    @property
+    def feature_std(self) -> torch.Tensor | None:
+        """Training spread of the pooled features (``feature_norm`` models; None otherwise)."""
+        return None if self.norm is None else torch.sqrt(self.norm.running_var + self.norm.eps)
+
+    def _pooled(self, input_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean and standard deviation over time of the conv stack's output (real frames only), float[B, 2C]."""
+        mel = self.features(input_values, frame_mask)
+        if self.training:
+            mel = self._spec_augment(mel)
+        x = self.conv2d(mel[:, None])
+        x = self.conv1d(x.flatten(1, 2))
+        if frame_mask is None:
+            return torch.cat([x.mean(-1), x.std(-1, unbiased=False)], dim=-1)
+        t = x.shape[-1]
+        m = frame_mask[:, :: self.downsample][:, :t].to(x.dtype)[:, None, :]
+        m = torch.nn.functional.pad(m, (0, t - m.shape[-1]))
+        n = m.sum(-1).clamp(min=1.0)
+        mean = (x * m).sum(-1) / n
+        std = (((x - mean[..., None]) ** 2 * m).sum(-1) / n).clamp(min=1e-8).sqrt()
+        return torch.cat([mean, std], dim=-1)
+
+    def pooled_features(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Unnormalised head input of equal-length windows, float[B, 2C] (what a site's statistics are learnt on)."""
+        return self._pooled(input_values, None)
+
+    def classify(self, normalised: torch.Tensor) -> torch.Tensor:
+        """Logits from pooled features already standardised (by the training or a site's statistics)."""
+        return self.head(normalised)
+
     def forward(
         self,
         input_values: torch.Tensor,
@@ -171,21 +210,8 @@ class CompactForAudioClassification(PreTrainedModel):
             lengths = attention_mask.sum(-1)
             frames = input_values.shape[-1] // self.config.hop_length + 1
             frame_mask = torch.arange(frames, device=input_values.device)[None] < (lengths[:, None] // self.config.hop_length + 1)
-        mel = self.features(input_values, frame_mask)
-        if self.training:
-            mel = self._spec_augment(mel)
-        x = self.conv2d(mel[:, None])
-        x = self.conv1d(x.flatten(1, 2))
-        if frame_mask is None:
-            mean, std = x.mean(-1), x.std(-1, unbiased=False)
-        else:
-            t = x.shape[-1]
-            m = frame_mask[:, :: self.downsample][:, :t].to(x.dtype)[:, None, :]
-            m = torch.nn.functional.pad(m, (0, t - m.shape[-1]))
-            n = m.sum(-1).clamp(min=1.0)
-            mean = (x * m).sum(-1) / n
-            std = (((x - mean[..., None]) ** 2 * m).sum(-1) / n).clamp(min=1e-8).sqrt()
-        logits = self.head(torch.cat([mean, std], dim=-1))
+        pooled = self._pooled(input_values, frame_mask)
+        logits = self.classify(pooled if self.norm is None else self.norm(pooled))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits, labels)

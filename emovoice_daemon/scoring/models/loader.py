@@ -62,7 +62,7 @@ class Classifier:
     device: torch.device = torch.device("cpu")
     half: bool = False
     labels: tuple[str, ...] = LABELS
-    adapter: LineAdapter | None = None  # encoder models: the line's feature statistics
+    adapter: LineAdapter | None = None  # models with pooled features: the line's feature statistics
     escalation: dict[str, Any] = field(default_factory=dict)  # the model's own escalation defaults
     model_dir: str = ""
 
@@ -73,13 +73,13 @@ class Classifier:
     def predict_with_features(self, batch: np.ndarray, legs: Sequence[str] | None = None
                               ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(probs[B, 3], features float32[B, F] | None)``: the features are the unnormalised pooled head input of
-        models that have one (the encoder model; what a site's verdicts are learnt from), else None."""
+        models that standardise one (:func:`has_features`; what a site's verdicts are learnt from), else None."""
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] == 0:
             raise ValueError(f"predict expects float32[B, T] with T > 0, got shape {x.shape}")
         if self.normalize_input:
             x = (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + 1e-7)
-        if not hasattr(self.model, "pooled_features"):
+        if not has_features(self.model):
             with torch.inference_mode(), self.autocast():
                 logits = self.model(input_values=self.to_device(x)).logits
             return self.probs_from_logits(logits), None
@@ -88,7 +88,7 @@ class Classifier:
         return self.predict_features(feats, legs), feats
 
     def predict_features(self, feats: np.ndarray, legs: Sequence[str] | None) -> np.ndarray:
-        """Class probabilities from an encoder model's pooled features (``pooled_features``) of ``legs``' windows:
+        """Class probabilities from a model's pooled features (``pooled_features``) of ``legs``' windows:
         standardised by the line's statistics when the model adapts (and ``legs`` are given), else by the training
         site's."""
         if self.adapter is not None and legs is not None:
@@ -293,9 +293,15 @@ def load_directory(path: Path, cfg: ModelConfig) -> Classifier:
     )
 
 
+def has_features(model: torch.nn.Module) -> bool:
+    """Whether a model standardises pooled features before its head (``pooled_features``, ``feature_mean``/``_std``,
+    ``classify``): the Whisper-encoder model and compact models trained with ``feature_norm``."""
+    return getattr(model, "feature_mean", None) is not None
+
+
 def _adapter(model: torch.nn.Module, cfg: ModelConfig) -> LineAdapter | None:
-    """Line adaptation for models that standardise pooled features (the Whisper-encoder model)."""
-    if not cfg.adapt or not hasattr(model, "pooled_features"):
+    """Line adaptation for models that standardise pooled features (:func:`has_features`)."""
+    if not cfg.adapt or not has_features(model):
         return None
     return LineAdapter(model.feature_mean.numpy(), model.feature_std.numpy(),
                        Path(cfg.site_stats_path).expanduser() if cfg.site_stats_path else None,

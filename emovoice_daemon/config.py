@@ -138,7 +138,8 @@ class ModelConfig:
                                    "int8 dynamic quantisation of linear layers (CPU): true, false, or model: as the model "
                                    "directory's config.json says (its quantize_int8, else off)")
     label_map: dict[str, str] = _f({}, doc="model label -> NEGATIVE/NEUTRAL/POSITIVE")
-    adapt: bool = _f(True, doc="encoder models: centre features on the site's mean (learnt from its calls)")
+    adapt: bool = _f(True, doc="models with pooled features (the encoder, a compact student): centre them on the "
+                                "site's mean (learnt from its calls)")
     adapt_site_variance: bool = _f(False, doc="also scale by the site's variance (off: a site of few voices has a "
                                    "narrow variance that inflates every difference between speakers)")
     adapt_leg_cap: float = _f(0.0, probability, "share of the site mean a leg's own mean may replace (0: none; a "

@@ -1,4 +1,5 @@
-"""Adaptation to the line: the encoder model's features centred on statistics the daemon learns.
+"""Adaptation to the line: a model's pooled features (the encoder model, a compact student) centred on statistics the
+daemon learns.
 
 * **Site** statistics: a running mean (and variance) over every window the daemon scores (all legs),
   starting from the model's training statistics, remembering about ``site_memory`` windows, and saved

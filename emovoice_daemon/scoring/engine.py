@@ -179,7 +179,7 @@ class ScoringEngine:
         self._use(classifier)
 
     def _use(self, classifier: Classifier) -> None:
-        """The classifier, its line statistics (encoder models) and the front-end that fits it."""
+        """The classifier, its line statistics (models with pooled features) and the front-end that fits it."""
         self.classifier = classifier
         self.adapter = getattr(classifier, "adapter", None)
         self.frontend = self._streaming_front_end() if self.cfg.streaming and streaming.supports(classifier) else None

@@ -57,14 +57,16 @@ class MachineSpeech:
         return cls("machine speech " + "+".join(sources), [_Window(k) for k in keys], store)
 
 
-def _clips(data, label_map: Mapping[str, str | None]) -> tuple[dict[str, list[str]], np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
-    """The shipped fold's actors, each clip's class (-1: left out), the training and validation actors' clips."""
+def actor_clips(data, label_map: Mapping[str, str | None]  # noqa: ANN001
+                ) -> tuple[dict[str, list[str]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The shipped fold's actors, each clip's class (-1: left out), every clip of the training actors, and the
+    training and validation actors' labelled clips."""
     split = cremad_split(data.utts)
     speakers = np.array([u.speaker for u in data.utts])
     y = relabel(np.array([u.emotion for u in data.utts]), label_map)
-    tr = np.flatnonzero(np.isin(speakers, split["train"]) & (y >= 0))
+    actors = np.flatnonzero(np.isin(speakers, split["train"]))
     va = np.flatnonzero(np.isin(speakers, split["val"]) & (y >= 0))
-    return split, y, tr, va
+    return split, y, actors, actors[y[actors] >= 0], va
 
 
 def replay_windows(data, cache: FeatureCache, opts: HeadOptions,  # noqa: ANN001
@@ -72,7 +74,7 @@ def replay_windows(data, cache: FeatureCache, opts: HeadOptions,  # noqa: ANN001
     """What a site refit replays (:func:`emovoice_daemon.learning.refit.write_replay`): the CREMA-D training actors'
     windows the head trains on (every training condition, unnormalised; machine speech is not replayed), and as guard
     windows the validation actors' telephony clips (never fitted on); their classes, and which are guard windows."""
-    _, y, tr, va = _clips(data, label_map)
+    _, y, _, tr, va = actor_clips(data, label_map)
     feats = [select(cache.get(data, c), opts.layers)[tr] for c in opts.train_conditions]
     feats.append(select(cache.get(data, "telephony"), opts.layers)[va])
     guard = np.r_[np.zeros(len(tr) * len(opts.train_conditions), bool), np.ones(len(va), bool)]
@@ -112,8 +114,7 @@ def train_call_head(data, cache: FeatureCache, opts: HeadOptions, label_map: Map
     """Fit on the training actors' ``opts.train_conditions`` (standardised by the training statistics: the daemon's
     ``adapt: false``) and ``machine`` speech as NEUTRAL under the same conditions - or, distilled, on a ``teacher``'s
     probabilities for all of them - and choose the epoch and temperature on the validation actors' telephony clips."""
-    split, y, _, va = _clips(data, label_map)
-    actors = np.flatnonzero(np.isin([u.speaker for u in data.utts], split["train"]))
+    split, y, actors, _, va = actor_clips(data, label_map)
     cached = {c: cache.get(data, c)[actors] for c in opts.train_conditions}
     if machine is not None and machine.store:
         cached = {c: np.concatenate([f, cache.get(machine, c)]) for c, f in cached.items()}

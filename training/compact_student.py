@@ -16,7 +16,7 @@ import numpy as np
 
 from training.augment import TelephonyAugment
 from training.calibration import fit_temperature
-from training.call_head import MachineSpeech, Teacher, _clips
+from training.call_head import MachineSpeech, Teacher, actor_clips
 from training.loop import Log, TrainData, TrainSettings, predict_logits, train_end_to_end
 from training.train_compact import build
 from training.train_whisper import FeatureCache, condition_wave
@@ -32,8 +32,7 @@ def student_data(data, cache: FeatureCache, teacher: Teacher, conditions: Sequen
                  machine: MachineSpeech | None = None) -> TrainData:
     """The training actors' clips and the machine-speech windows in each cached condition, with the teachers'
     probabilities; the validation actors' telephony clips with their classes."""
-    split, y, _, va = _clips(data, label_map)
-    actors = np.flatnonzero(np.isin([u.speaker for u in data.utts], split["train"]))
+    _, y, actors, _, va = actor_clips(data, label_map)
     sources = [(data, actors)] + ([(machine, np.arange(len(machine.store)))] if machine and machine.store else [])
     waves, targets = [], []
     for c in conditions:
@@ -51,4 +50,3 @@ def distil_compact(data: TrainData, options: dict, settings: TrainSettings, seed
     temperature = fit_temperature(predict_logits(model, data.val_waves), data.val_labels)
     log(f"student: temperature {temperature:.3f}")
     return model, temperature
-

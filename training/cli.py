@@ -131,7 +131,7 @@ def cmd_site_sim(args: argparse.Namespace) -> None:
     memo = FeatureMemo(classifier, Path(args.memo)) if args.memo else None
     site = Site(config, classifier, config.escalation)
     log = _log_to(None)
-    held = HeldOut(args.cache_dir, classifier.model.config.layers, log)
+    held = HeldOut(classifier.model, args.cache_dir, log)
     lines, out = [], {}
     for spec in args.corpus:
         kind, _, path = spec.partition("=")
@@ -200,23 +200,32 @@ def cmd_student(args: argparse.Namespace) -> None:
     from training.config import load_config
     from training.export import save_model_dir
 
-    cfg, _, data, cache, labels, log, machine = _head_inputs(args)
+    cfg, _, data_set, cache, labels, log, machine = _head_inputs(args)
     compact = load_config(args.compact_config, {})
-    data = student_data(data, cache, Teacher([Path(t) for t in args.teacher]), args.conditions, labels, cfg.augment,
+    data = student_data(data_set, cache, Teacher([Path(t) for t in args.teacher]), args.conditions, labels, cfg.augment,
                         cfg.seed, machine)
     log(f"student: {len(data.train_waves)} windows ({', '.join(args.conditions)}), {len(data.val_waves)} validation clips")
-    settings = dataclasses.replace(compact.train, epochs=args.epochs, label_smoothing=0.0)
+    settings = dataclasses.replace(compact.train, epochs=args.epochs, label_smoothing=0.0,
+                                   class_weight_power=args.class_weight_power)
     model, temperature = distil_compact(data, compact.model, settings, cfg.seed if args.seed is None else args.seed, log)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice compact student of {', '.join(args.teacher)}\n"
     save_model_dir(model, Path(args.out), temperature, do_normalize=False, card=card)
+    _write_student_replay(Path(args.out), model, data_set, labels, args.conditions, cfg, log)
     log(f"exported to {args.out}")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
-    """(Re)write an existing encoder head's replay set from the training actors it was trained on."""
+    """(Re)write an existing encoder head's or compact student's replay set from the training actors it was
+    trained on (a student: in ``--conditions``)."""
     head = json.loads((Path(args.model) / "config.json").read_text())
     cfg, opts, data, cache, labels, log, _ = _head_inputs(args, head)
-    _write_replay(Path(args.model), data, cache, opts, labels, cfg.seed, log)
+    if head.get("model_type") == "emovoice-compact":
+        from emovoice_daemon.scoring.models.compact import CompactForAudioClassification
+
+        model = CompactForAudioClassification.from_pretrained(args.model)
+        _write_student_replay(Path(args.model), model, data, labels, args.conditions, cfg, log)
+    else:
+        _write_replay(Path(args.model), data, cache, opts, labels, cfg.seed, log)
 
 
 def _write_replay(model_dir: Path, data, cache, opts, labels, seed: int, log) -> None:  # noqa: ANN001
@@ -224,6 +233,14 @@ def _write_replay(model_dir: Path, data, cache, opts, labels, seed: int, log) ->
     from training.call_head import replay_windows
 
     path = write_replay(model_dir, *replay_windows(data, cache, opts, labels), seed=seed)
+    log(f"replay set {path}: {path.stat().st_size / 1e6:.2f} MB")
+
+
+def _write_student_replay(model_dir: Path, model, data, labels, conditions, cfg, log) -> None:  # noqa: ANN001
+    from emovoice_daemon.learning.refit import write_replay
+    from training.compact_student import student_replay
+
+    path = write_replay(model_dir, *student_replay(model, data, labels, conditions, cfg.augment, cfg.seed), seed=cfg.seed)
     log(f"replay set {path}: {path.stat().st_size / 1e6:.2f} MB")
 
 
@@ -314,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="choose the escalation settings on these calls (use --speakers val) and write them here")
     c.set_defaults(func=cmd_calls)
     s = sub.add_parser("site-sim", help="site learning simulated: verdicts of k calls, refit, the other speakers' calls")
-    s.add_argument("--model", help="encoder model directory (default: the daemon's default model)")
+    s.add_argument("--model", help="a refittable model directory: an encoder head or a compact student (default: the daemon's default model)")
     s.add_argument("--config", help="daemon config YAML whose escalation/pipeline/model keys apply")
     s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=YAML", help="a daemon config value")
     s.add_argument("--corpus", nargs="+", default=["urdu", "emovo", "ravdess", "cremad"], metavar="KIND[=PATH]",
@@ -351,11 +368,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="the compact model's architecture (model:) and optimisation (train:)")
     st.add_argument("--epochs", type=int, default=20)
     st.add_argument("--seed", type=int, help="the student's initialisation and batch order")
+    st.add_argument("--class-weight-power", type=float, default=1.0,
+                    help="weight each window by its teachers' top class's frequency ** -POWER (0: the teachers' "
+                         "probabilities as they are)")
     st.add_argument("--card", help="model card (README.md) to write with it")
     st.set_defaults(func=cmd_student, hidden=0)
-    r = sub.add_parser("replay", help="(re)write an encoder head's replay set (replay.npz, for site refits) from the "
-                                      "CREMA-D training actors it was trained on")
-    r.add_argument("--model", required=True, help="the head's model directory")
+    r = sub.add_parser("replay", help="(re)write an encoder head's or compact student's replay set (replay.npz, for "
+                                      "site refits) from the CREMA-D training actors it was trained on")
+    r.add_argument("--model", required=True, help="the model directory")
     r.set_defaults(func=cmd_replay, hidden=0)
     for p in (h, st):
         p.add_argument("--machine-speech", nargs="*", default=list(MACHINE_SPEECH), metavar="SOURCE",

@@ -6,18 +6,20 @@ cached condition: the telephony condition and the augmentation copies), for ever
 call label map leaves out included - and every machine-speech window, and learns the teachers' mean probabilities for
 each. Its pooled features are standardised before the head (``feature_norm``), so the daemon centres them on the
 site's statistics as it does the encoder's. The epoch and the temperature are chosen on the validation actors'
-telephony clips; the escalation settings then on their whole calls (``emovoice-train calls --choose``).
+telephony clips; the escalation settings then on their whole calls (``emovoice-train calls --choose``). Its replay
+set (:func:`student_replay`) lets a site refit its head's last layer as it does an encoder head's.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from training.augment import TelephonyAugment
 from training.calibration import fit_temperature
 from training.call_head import MachineSpeech, Teacher, actor_clips
-from training.loop import Log, TrainData, TrainSettings, predict_logits, train_end_to_end
+from training.loop import Log, TrainData, TrainSettings, collate, predict_logits, train_end_to_end
 from training.train_compact import build
 from training.train_whisper import FeatureCache, condition_wave
 
@@ -50,3 +52,28 @@ def distil_compact(data: TrainData, options: dict, settings: TrainSettings, seed
     temperature = fit_temperature(predict_logits(model, data.val_waves), data.val_labels)
     log(f"student: temperature {temperature:.3f}")
     return model, temperature
+
+
+def pooled(model, waves: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:  # noqa: ANN001 (compact model)
+    """The model's unnormalised pooled features of 8 kHz clips, float32[N, F], batched by similar length."""
+    model.eval()
+    order = np.argsort([len(w) for w in waves])
+    out = np.zeros((len(waves), 2 * model.config.conv1d_channels[-1]), np.float32)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x, mask = collate([waves[i] for i in idx], model.config.sampling_rate, model.config.sampling_rate)
+            out[idx] = model.pooled_features(x, mask).numpy()
+    return out
+
+
+def student_replay(model, data, label_map: Mapping[str, str | None], conditions: Sequence[str],  # noqa: ANN001
+                   augment: TelephonyAugment, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a site refit of the student replays (:func:`emovoice_daemon.learning.refit.write_replay`): its features
+    of the training actors' labelled clips in each condition it trained on, and as guard windows the validation
+    actors' telephony clips; their classes, and which are guard windows."""
+    _, y, _, tr, va = actor_clips(data, label_map)
+    waves = [condition_wave(data.store[i], int(i), c, augment, seed) for c in conditions for i in tr]
+    waves += [condition_wave(data.store[i], int(i), "telephony", augment, seed) for i in va]
+    guard = np.r_[np.zeros(len(tr) * len(conditions), bool), np.ones(len(va), bool)]
+    return pooled(model, waves), np.r_[np.tile(y[tr], len(conditions)), y[va]], guard

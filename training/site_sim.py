@@ -151,26 +151,34 @@ class Site:
 
 
 class HeldOut:
-    """CREMA-D held-out (test) actors' clips, telephony, as the head's 3-class task (NEGATIVE = anger)."""
+    """CREMA-D held-out (test) actors' clips, telephony, as the head's 3-class task (NEGATIVE = anger): the model's
+    features of them (an encoder head's from the feature cache), standardised by its training statistics."""
 
-    def __init__(self, cache_dir: str, layers: Sequence[int], log: Any) -> None:
+    def __init__(self, model, cache_dir: str, log: Any) -> None:  # noqa: ANN001 (a model with pooled features)
         from training.call_head import ANGER_LABELS, relabel
+        from training.compact_student import pooled
         from training.config import load_config
         from training.heldout import cremad_split
         from training.run import load
-        from training.train_whisper import FeatureCache, HeadOptions, select
+        from training.train_whisper import FeatureCache, HeadOptions, condition_wave, select
 
         cfg = load_config(Path("training/configs/whisper.yaml"), {})
-        opts = dataclasses.replace(HeadOptions.from_dict(cfg.model), layers=tuple(layers))
         data = load(cfg.train_corpora, Path(cache_dir))
-        cache = FeatureCache(opts, Path(cache_dir) / "features", cfg.augment, cfg.seed, log)
         y = relabel(np.array([u.emotion for u in data.utts]), ANGER_LABELS)
         test = np.isin([u.speaker for u in data.utts], cremad_split(data.utts)["test"]) & (y >= 0)
-        self.x, self.y = select(cache.get(data, "telephony"), opts.layers)[test], y[test]
+        if hasattr(model.config, "layers"):
+            opts = dataclasses.replace(HeadOptions.from_dict(cfg.model), layers=tuple(model.config.layers))
+            cache = FeatureCache(opts, Path(cache_dir) / "features", cfg.augment, cfg.seed, log)
+            feats = select(cache.get(data, "telephony"), opts.layers)[test]
+        else:
+            feats = pooled(model, [condition_wave(data.store[i], int(i), "telephony", cfg.augment, cfg.seed)
+                                   for i in np.flatnonzero(test)])
+        self.z = ((torch.from_numpy(feats) - model.feature_mean) / model.feature_std).float()
+        self.y = y[test]
 
     def uar(self, classifier: Classifier) -> float:
         with torch.no_grad():
-            pred = classifier.model.classify_trained(torch.from_numpy(self.x)).argmax(1).numpy()
+            pred = classifier.model.classify(self.z).argmax(1).numpy()
         return float(np.mean([np.mean(pred[self.y == k] == k) for k in np.unique(self.y)]))
 
 

@@ -1,4 +1,7 @@
-"""Refit a Whisper-encoder model on a site's verdicts: what is cheap and safe, validated on calls it did not fit.
+"""Refit a model on a site's verdicts: what is cheap and safe, validated on calls it did not fit.
+
+Refittable: the models whose head reads standardised pooled features (a Whisper-encoder head: ``feature_mean`` /
+``feature_std``; a compact student: its ``feature_norm``'s running statistics) through one hidden layer or none.
 
 What is refitted: the head's **last layer** (weights and bias, on the hidden activations of the frozen first
 layer), or its **bias** alone (the NEGATIVE operating point; whichever validates better: a site of few voices can
@@ -29,6 +32,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +51,8 @@ REPLAY_FILE = "replay.npz"  # hidden: float16[M, H], labels: int8[M] (class inde
 LEARNED_FILE = "learned.json"  # provenance of a refitted directory
 ESCALATION_FILE = "escalation.json"
 WEIGHTS_FILE = "model.safetensors"
-MODEL_TYPE = "emovoice-whisper"
+MODEL_TYPES = ("emovoice-whisper", "emovoice-compact")
+BN_EPS = 1e-5  # torch's BatchNorm1d default, which the compact model's feature norm keeps
 MIN_CALLS_EACH = 2  # verdict calls with an upset window, and without, needed to fit and validate
 FOLDS = 3
 MIN_FEWER_MISTAKES = 2  # a refit is better when it makes at least this many fewer call-level mistakes (1 is noise)
@@ -98,17 +103,17 @@ class RefitReport:
 
 @dataclass
 class _Model:
-    """The parts of an emovoice-whisper directory a refit reads and writes."""
+    """The parts of a refittable model directory a refit reads and writes."""
 
     tensors: dict[str, np.ndarray]
     config: dict[str, Any]
     escalation: dict[str, Any]
     replay: tuple[np.ndarray, np.ndarray] | None  # replayed windows: (hidden float32[M, H], labels int[M])
     guard: tuple[np.ndarray, np.ndarray] | None  # windows of speakers the head was not fitted on: the forgetting check
-
-    @property
-    def last(self) -> str:
-        return "head.2" if "head.2.weight" in self.tensors else "head"
+    mean: np.ndarray  # the training statistics that standardise the pooled features
+    std: np.ndarray
+    first: str | None  # the head's hidden layer (ReLU after it), None for a single layer
+    last: str  # the head's last layer, the one refitted
 
     @property
     def negative(self) -> int:
@@ -116,16 +121,36 @@ class _Model:
 
     def hidden(self, z: np.ndarray) -> np.ndarray:
         """The last layer's input for standardised features."""
-        if self.last == "head":
+        if self.first is None:
             return z
-        return np.maximum(z @ self.tensors["head.0.weight"].T + self.tensors["head.0.bias"], 0.0).astype(np.float32)
+        return np.maximum(z @ self.tensors[f"{self.first}.weight"].T + self.tensors[f"{self.first}.bias"], 0.0).astype(np.float32)
+
+
+def _standardisation(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    if "feature_mean" in tensors:
+        return tensors["feature_mean"], tensors["feature_std"]
+    if "norm.running_mean" in tensors:
+        return tensors["norm.running_mean"], np.sqrt(tensors["norm.running_var"] + BN_EPS).astype(np.float32)
+    return None
+
+
+def _head_layers(tensors: dict[str, np.ndarray]) -> tuple[str | None, str]:
+    """The head's linear layers (``head.N`` in a Sequential with dropouts and a ReLU between; or ``head`` alone)."""
+    layers = sorted((int(k.split(".")[1]) for k in tensors if re.fullmatch(r"head\.\d+\.weight", k)))
+    if not layers:
+        return None, "head"
+    if len(layers) > 2:
+        raise ValueError(f"a head of {len(layers)} layers: only the last layer of a one- or two-layer head is refitted")
+    return (f"head.{layers[0]}" if len(layers) == 2 else None), f"head.{layers[-1]}"
 
 
 def _load(model_dir: Path) -> _Model:
     config = json.loads((model_dir / "config.json").read_text())
-    if config.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{model_dir}: only Whisper-encoder models ({MODEL_TYPE}) can be refitted, "
-                         f"not {config.get('model_type')!r}")
+    tensors = load_file(str(model_dir / WEIGHTS_FILE))
+    stats = _standardisation(tensors)
+    if config.get("model_type") not in MODEL_TYPES or stats is None:
+        raise ValueError(f"{model_dir}: only models whose head reads standardised features can be refitted (Whisper-"
+                         f"encoder heads, compact students with feature_norm), not {config.get('model_type')!r}")
     esc_file = model_dir / ESCALATION_FILE
     escalation = json.loads(esc_file.read_text()) if esc_file.is_file() else {}
     replay_set = guard = None
@@ -135,7 +160,7 @@ def _load(model_dir: Path) -> _Model:
             is_guard = z["guard"] if "guard" in z.files else np.zeros(len(labels), bool)
         replay_set = (hidden[~is_guard], labels[~is_guard])
         guard = (hidden[is_guard], labels[is_guard]) if is_guard.any() else replay_set
-    return _Model(load_file(str(model_dir / WEIGHTS_FILE)), config, escalation, replay_set, guard)
+    return _Model(tensors, config, escalation, replay_set, guard, *stats, *_head_layers(tensors))
 
 
 def _site_mean(site_stats: Path | None, prior: np.ndarray) -> np.ndarray:
@@ -312,7 +337,7 @@ def write_replay(model_dir: Path, features: np.ndarray, labels: np.ndarray, guar
     model_dir = Path(model_dir)
     model = _load(model_dir)
     labels, guard = np.asarray(labels), np.asarray(guard, bool)
-    z = (np.asarray(features, np.float32) - model.tensors["feature_mean"]) / model.tensors["feature_std"]
+    z = (np.asarray(features, np.float32) - model.mean) / model.std
     hidden = model.hidden(z.astype(np.float32))
     classes = np.unique(labels)
     rng = np.random.default_rng(seed)
@@ -351,10 +376,10 @@ def refit(model_dir: Path, verdicts: SiteVerdicts, out_dir: Path, *, site_stats:
     ``out_dir`` (with ``learned.json``); ValueError (one line) when there is too little to learn from."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = _load(model_dir)
-    mean = _site_mean(site_stats, model.tensors["feature_mean"])
+    mean = _site_mean(site_stats, model.mean)
     if verdicts.features.shape[1] != len(mean):
         raise ValueError(f"verdict features have {verdicts.features.shape[1]} values per window, the model reads {len(mean)}")
-    z = ((verdicts.features - mean) / model.tensors["feature_std"]).astype(np.float32)
+    z = ((verdicts.features - mean) / model.std).astype(np.float32)
     hidden, upset = model.hidden(z), verdicts.upset
     every = _call_windows(verdicts.calls)
     folds = _folds(every, upset, verdicts.callers, seed)

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+from transformers import Wav2Vec2FeatureExtractor
 
 from emovoice_daemon.config import ModelConfig
 from emovoice_daemon.learning import refit as refit_module
 from emovoice_daemon.learning.refit import MAX_REPLAY_BYTES, REPLAY_FILE, SiteVerdicts, refit, write_replay
+from emovoice_daemon.scoring.models.compact import CompactConfig, CompactForAudioClassification
 from emovoice_daemon.scoring.models.loader import COMPACT_DIR, load_classifier, read_escalation
 from tests.scoring.test_whisper import tiny_encoder_dir, tiny_head_dir
 
@@ -35,15 +37,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return head
 
 
-def site_calls(n_calls: int, seed: int, signal: bool = True) -> SiteVerdicts:
+def site_calls(n_calls: int, seed: int, signal: bool = True, features: int = FEATURES) -> SiteVerdicts:
     """Calls of 12 windows; every other call upset from its 4th window. With ``signal`` upset windows lie along
     one direction of the feature space (what the site's anger sounds like), else they sound like the rest."""
     rng = np.random.default_rng(seed)
-    direction = np.random.default_rng(99).standard_normal(FEATURES).astype(np.float32)
+    direction = np.random.default_rng(99).standard_normal(features).astype(np.float32)
     feats, upset, calls = [], [], []
     for c in range(n_calls):
         flags = np.arange(12) >= 3 if c % 2 else np.zeros(12, bool)
-        x = rng.standard_normal((12, FEATURES)).astype(np.float32)
+        x = rng.standard_normal((12, features)).astype(np.float32)
         x += 3.0 * signal * flags[:, None] * direction
         feats.append(x)
         upset.append(flags)
@@ -113,8 +115,8 @@ def test_too_few_verdict_calls_is_one_line_value_error(model_dir: Path, tmp_path
 
 
 def test_other_models_and_mismatched_features_are_refused(model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="only Whisper-encoder models"):
-        refit(COMPACT_DIR, site_calls(8, 3), tmp_path / "a")
+    with pytest.raises(ValueError, match="only models whose head reads standardised features"):
+        refit(COMPACT_DIR, site_calls(8, 3), tmp_path / "a")  # the compact default: no feature_norm
     v = site_calls(8, 3)
     with pytest.raises(ValueError, match="values per window"):
         refit(model_dir, SiteVerdicts(v.features[:, :10], v.upset, v.calls), tmp_path / "b")
@@ -129,3 +131,34 @@ def test_validation_keeps_a_callers_calls_together(model_dir: Path, tmp_path: Pa
     one = SiteVerdicts(v.features, v.upset, v.calls, np.full(len(v.calls), "ann"))
     with pytest.raises(ValueError, match="too little to learn from: 1 callers"):
         refit(model_dir, one, tmp_path / "one")  # a single caller cannot be validated on anyone else
+
+
+def test_a_compact_student_refits_as_an_encoder_head_with_the_same_head(model_dir: Path, tmp_path: Path) -> None:
+    """A feature_norm compact model (the distilled student) refits like an encoder head: given the encoder head's
+    layers and statistics (as its head and batch norm), the same verdicts give the same refit, and it loads."""
+    head = load_file(str(model_dir / "model.safetensors"))
+    model = CompactForAudioClassification(CompactConfig(conv2d_channels=[4, 4], conv1d_channels=[8, FEATURES // 2],
+                                                        hidden_size=16, feature_norm=True))
+    with torch.no_grad():
+        model.norm.running_mean.copy_(torch.from_numpy(head["feature_mean"]))
+        model.norm.running_var.copy_(torch.from_numpy(head["feature_std"] ** 2 - model.norm.eps))
+        for mine, theirs in ((model.head[1], "head.0"), (model.head[4], "head.2")):
+            mine.weight.copy_(torch.from_numpy(head[f"{theirs}.weight"]))
+            mine.bias.copy_(torch.from_numpy(head[f"{theirs}.bias"]))
+    student = tmp_path / "student"
+    model.eval().save_pretrained(student)
+    Wav2Vec2FeatureExtractor(sampling_rate=8000, do_normalize=False).save_pretrained(student)
+    for f in ("escalation.json", REPLAY_FILE):
+        shutil.copy2(model_dir / f, student / f)
+    (student / "config.json").write_text(json.dumps({**json.loads((student / "config.json").read_text()),
+                                                     "temperature": json.loads((model_dir / "config.json").read_text())
+                                                     .get("temperature", 1.0)}))
+    verdicts = site_calls(12, 0)
+    theirs, mine = refit(model_dir, verdicts, tmp_path / "enc"), refit(student, verdicts, tmp_path / "v0001")
+    assert mine.improved and mine.before == pytest.approx(theirs.before, abs=1e-3)
+    assert mine.after == pytest.approx(theirs.after, abs=1e-3)
+    old, new = load_file(str(student / "model.safetensors")), load_file(str(tmp_path / "v0001" / "model.safetensors"))
+    assert np.array_equal(old["head.1.weight"], new["head.1.weight"])
+    np.testing.assert_allclose(new["head.4.weight"], load_file(str(tmp_path / "enc" / "model.safetensors"))["head.2.weight"], atol=1e-3)
+    clf = load_classifier(ModelConfig(path=str(tmp_path / "v0001"), adapt=False))
+    assert clf.predict(np.zeros((1, 24000), np.float32)).shape == (1, 3)

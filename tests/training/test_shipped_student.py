@@ -28,3 +28,10 @@ def test_loads_with_line_adaptation_and_scores_windows() -> None:
     x = np.stack([synth(k, 3.0, 8000, i) for i, k in enumerate(("buzz", "tone"))])
     probs, feats = clf.predict_with_features(x, ["leg-1", "leg-2"])
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5) and feats.shape == (2, 512)
+
+
+def test_ships_a_replay_set_for_site_refits() -> None:
+    with np.load(STUDENT_DIR / "replay.npz") as z:
+        hidden, labels, guard = z["hidden"], z["labels"], z["guard"]
+    assert hidden.dtype == np.float16 and hidden.shape[1] == 256 and guard.any() and not guard.all()
+    assert set(np.unique(labels[guard])) == set(np.unique(labels[~guard])) == {0, 1, 2}

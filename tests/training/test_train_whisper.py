@@ -167,6 +167,9 @@ def test_student_command_distils_a_compact_model_that_adapts_to_the_line(config:
     assert clf.model.config.feature_norm and clf.sampling_rate == 8000
     assert clf.adapter is not None and clf.adapter.site.mean.shape == (16,)  # mean and std of 8 channels
     assert clf.predict(np.zeros((1, 24000), np.float32) + 0.01).shape == (1, 3)
+    with np.load(student / "replay.npz") as z:  # what a site refit of its last layer replays and guards with
+        assert z["hidden"].shape[1] == 8 and z["guard"].any() and not z["guard"].all()
+        assert set(np.unique(z["labels"])) <= {0, 1, 2}
     # the student hears exactly the windows the teacher's probabilities were computed from
     cfg = load_config(config)
     opts = HeadOptions.from_dict({**cfg.model, "train_conditions": ["aug1"]})

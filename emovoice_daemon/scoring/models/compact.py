@@ -189,9 +189,15 @@ class CompactForAudioClassification(PreTrainedModel):
         std = (((x - mean[..., None]) ** 2 * m).sum(-1) / n).clamp(min=1e-8).sqrt()
         return torch.cat([mean, std], dim=-1)
 
-    def pooled_features(self, input_values: torch.Tensor) -> torch.Tensor:
-        """Unnormalised head input of equal-length windows, float[B, 2C] (what a site's statistics are learnt on)."""
-        return self._pooled(input_values, None)
+    def pooled_features(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised head input, float[B, 2C] (what a site's statistics are learnt on); ``attention_mask`` (B, T)
+        marks real samples of unequal clips."""
+        frame_mask = None
+        if attention_mask is not None:
+            lengths = attention_mask.sum(-1)
+            frames = input_values.shape[-1] // self.config.hop_length + 1
+            frame_mask = torch.arange(frames, device=input_values.device)[None] < (lengths[:, None] // self.config.hop_length + 1)
+        return self._pooled(input_values, frame_mask)
 
     def classify(self, normalised: torch.Tensor) -> torch.Tensor:
         """Logits from pooled features already standardised (by the training or a site's statistics)."""
@@ -205,12 +211,7 @@ class CompactForAudioClassification(PreTrainedModel):
         **kwargs,
     ) -> SequenceClassifierOutput:
         """Classify a batch of waveforms (B, T); ``attention_mask`` (B, T) marks real samples."""
-        frame_mask = None
-        if attention_mask is not None:
-            lengths = attention_mask.sum(-1)
-            frames = input_values.shape[-1] // self.config.hop_length + 1
-            frame_mask = torch.arange(frames, device=input_values.device)[None] < (lengths[:, None] // self.config.hop_length + 1)
-        pooled = self._pooled(input_values, frame_mask)
+        pooled = self.pooled_features(input_values, attention_mask)
         logits = self.classify(pooled if self.norm is None else self.norm(pooled))
         loss = None
         if labels is not None:

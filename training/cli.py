@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="choose the escalation settings on these calls (use --speakers val) and write them here")
     c.set_defaults(func=cmd_calls)
     s = sub.add_parser("site-sim", help="site learning simulated: verdicts of k calls, refit, the other speakers' calls")
-    s.add_argument("--model", help="a refittable model directory: an encoder head or a compact student (default: the daemon's default model)")
+    s.add_argument("--model", help="a refittable model directory: an encoder head or a compact student (default: the "
+                                   "daemon's default model)")
     s.add_argument("--config", help="daemon config YAML whose escalation/pipeline/model keys apply")
     s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=YAML", help="a daemon config value")
     s.add_argument("--corpus", nargs="+", default=["urdu", "emovo", "ravdess", "cremad"], metavar="KIND[=PATH]",

@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="the compact model's architecture (model:) and optimisation (train:)")
     st.add_argument("--epochs", type=int, default=20)
     st.add_argument("--seed", type=int, help="the student's initialisation and batch order")
-    st.add_argument("--class-weight-power", type=float, default=1.0,
+    st.add_argument("--class-weight-power", type=float, default=0.0,
                     help="weight each window by its teachers' top class's frequency ** -POWER (0: the teachers' "
                          "probabilities as they are)")
     st.add_argument("--card", help="model card (README.md) to write with it")

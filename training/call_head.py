@@ -77,8 +77,13 @@ def replay_windows(data, cache: FeatureCache, opts: HeadOptions,  # noqa: ANN001
     _, y, _, tr, va = actor_clips(data, label_map)
     feats = [select(cache.get(data, c), opts.layers)[tr] for c in opts.train_conditions]
     feats.append(select(cache.get(data, "telephony"), opts.layers)[va])
-    guard = np.r_[np.zeros(len(tr) * len(opts.train_conditions), bool), np.ones(len(va), bool)]
-    return np.concatenate(feats), np.r_[np.tile(y[tr], len(opts.train_conditions)), y[va]], guard
+    return np.concatenate(feats), *replay_layout(y, tr, va, len(opts.train_conditions))
+
+
+def replay_layout(y: np.ndarray, tr: np.ndarray, va: np.ndarray, copies: int) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and guard flags of a replay set's windows: the training clips ``tr`` in each of ``copies`` conditions,
+    then the validation clips ``va`` (the guard windows)."""
+    return np.r_[np.tile(y[tr], copies), y[va]], np.r_[np.zeros(len(tr) * copies, bool), np.ones(len(va), bool)]
 
 
 class Teacher:

@@ -179,7 +179,7 @@ def _head_inputs(args: argparse.Namespace, head: dict | None = None):  # noqa: A
 def cmd_head(args: argparse.Namespace) -> None:
     """Train the call-level encoder head on CREMA-D's training actors and export it with its replay set
     (escalation.json comes from ``emovoice-train calls --choose``)."""
-    from training.call_head import Teacher, train_call_head
+    from training.call_head import Teacher, replay_windows, train_call_head
     from training.train_whisper import export
 
     cfg, opts, data, cache, labels, log, machine = _head_inputs(args)
@@ -189,14 +189,14 @@ def cmd_head(args: argparse.Namespace) -> None:
     head = train_call_head(data, cache, opts, labels, settings, seed, log, machine, teacher)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice call-level encoder head ({args.labels} labels)\n"
     export(head, opts, Path(args.out), card)
-    _write_replay(Path(args.out), data, cache, opts, labels, cfg.seed, log)
+    _write_replay(Path(args.out), replay_windows(data, cache, opts, labels), cfg.seed, log)
     log(f"exported to {args.out}")
 
 
 def cmd_student(args: argparse.Namespace) -> None:
     """Distil encoder heads into a compact model (log-mel CNN) and export it (escalation.json: ``calls --choose``)."""
     from training.call_head import Teacher
-    from training.compact_student import distil_compact, student_data
+    from training.compact_student import distil_compact, student_data, student_replay
     from training.config import load_config
     from training.export import save_model_dir
 
@@ -210,37 +210,34 @@ def cmd_student(args: argparse.Namespace) -> None:
     model, temperature = distil_compact(data, compact.model, settings, cfg.seed if args.seed is None else args.seed, log)
     card = Path(args.card).read_text() if args.card else f"# EmoVoice compact student of {', '.join(args.teacher)}\n"
     save_model_dir(model, Path(args.out), temperature, do_normalize=False, card=card)
-    _write_student_replay(Path(args.out), model, data_set, labels, args.conditions, cfg, log)
+    _write_replay(Path(args.out), student_replay(model, data_set, labels, args.conditions, cfg.augment, cfg.seed),
+                  cfg.seed, log)
     log(f"exported to {args.out}")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
     """(Re)write an existing encoder head's or compact student's replay set from the training actors it was
     trained on (a student: in ``--conditions``)."""
+    from training.call_head import replay_windows
+    from training.compact_student import student_replay
+
     head = json.loads((Path(args.model) / "config.json").read_text())
     cfg, opts, data, cache, labels, log, _ = _head_inputs(args, head)
     if head.get("model_type") == "emovoice-compact":
         from emovoice_daemon.scoring.models.compact import CompactForAudioClassification
 
         model = CompactForAudioClassification.from_pretrained(args.model)
-        _write_student_replay(Path(args.model), model, data, labels, args.conditions, cfg, log)
+        windows = student_replay(model, data, labels, args.conditions, cfg.augment, cfg.seed)
     else:
-        _write_replay(Path(args.model), data, cache, opts, labels, cfg.seed, log)
+        windows = replay_windows(data, cache, opts, labels)
+    _write_replay(Path(args.model), windows, cfg.seed, log)
 
 
-def _write_replay(model_dir: Path, data, cache, opts, labels, seed: int, log) -> None:  # noqa: ANN001
+def _write_replay(model_dir: Path, windows: tuple, seed: int, log) -> None:  # noqa: ANN001
+    """Store a model directory's replay set from its (features, labels, guard) windows."""
     from emovoice_daemon.learning.refit import write_replay
-    from training.call_head import replay_windows
 
-    path = write_replay(model_dir, *replay_windows(data, cache, opts, labels), seed=seed)
-    log(f"replay set {path}: {path.stat().st_size / 1e6:.2f} MB")
-
-
-def _write_student_replay(model_dir: Path, model, data, labels, conditions, cfg, log) -> None:  # noqa: ANN001
-    from emovoice_daemon.learning.refit import write_replay
-    from training.compact_student import student_replay
-
-    path = write_replay(model_dir, *student_replay(model, data, labels, conditions, cfg.augment, cfg.seed), seed=cfg.seed)
+    path = write_replay(model_dir, *windows, seed=seed)
     log(f"replay set {path}: {path.stat().st_size / 1e6:.2f} MB")
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from training.augment import TelephonyAugment
 from training.calibration import fit_temperature
-from training.call_head import MachineSpeech, Teacher, actor_clips
-from training.loop import Log, TrainData, TrainSettings, collate, predict_logits, train_end_to_end
+from training.call_head import MachineSpeech, Teacher, actor_clips, replay_layout
+from training.loop import Log, TrainData, TrainSettings, batched_outputs, predict_logits, train_end_to_end
 from training.train_compact import build
 from training.train_whisper import FeatureCache, condition_wave
 
@@ -54,17 +53,9 @@ def distil_compact(data: TrainData, options: dict, settings: TrainSettings, seed
     return model, temperature
 
 
-def pooled(model, waves: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:  # noqa: ANN001 (compact model)
+def pooled(model, waves: Sequence[np.ndarray]) -> np.ndarray:  # noqa: ANN001 (compact model)
     """The model's unnormalised pooled features of 8 kHz clips, float32[N, F], batched by similar length."""
-    model.eval()
-    order = np.argsort([len(w) for w in waves])
-    out = np.zeros((len(waves), 2 * model.config.conv1d_channels[-1]), np.float32)
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            x, mask = collate([waves[i] for i in idx], model.config.sampling_rate, model.config.sampling_rate)
-            out[idx] = model.pooled_features(x, mask).numpy()
-    return out
+    return batched_outputs(model, waves, 2 * model.config.conv1d_channels[-1], model.pooled_features)
 
 
 def student_replay(model, data, label_map: Mapping[str, str | None], conditions: Sequence[str],  # noqa: ANN001
@@ -75,5 +66,4 @@ def student_replay(model, data, label_map: Mapping[str, str | None], conditions:
     _, y, _, tr, va = actor_clips(data, label_map)
     waves = [condition_wave(data.store[i], int(i), c, augment, seed) for c in conditions for i in tr]
     waves += [condition_wave(data.store[i], int(i), "telephony", augment, seed) for i in va]
-    guard = np.r_[np.zeros(len(tr) * len(conditions), bool), np.ones(len(va), bool)]
-    return pooled(model, waves), np.r_[np.tile(y[tr], len(conditions)), y[va]], guard
+    return pooled(model, waves), *replay_layout(y, tr, va, len(conditions))

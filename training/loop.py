@@ -85,17 +85,25 @@ def _device(model: PreTrainedModel) -> torch.device:
 
 
 @torch.inference_mode()
-def predict_logits(model: PreTrainedModel, waves: Sequence[np.ndarray], batch_size: int = 64, src_rate: int = TELEPHONE_RATE) -> np.ndarray:
-    """Logits for 8 kHz clips, batched by similar length."""
+def batched_outputs(model: PreTrainedModel, waves: Sequence[np.ndarray], width: int,
+                    output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int = 64,
+                    src_rate: int = TELEPHONE_RATE) -> np.ndarray:
+    """``output(input_values, attention_mask)`` (float[B, width]) for 8 kHz clips, batched by similar length."""
     model.eval()
     order = np.argsort([len(w) for w in waves])
-    out = np.zeros((len(waves), model.config.num_labels), dtype=np.float32)
+    out = np.zeros((len(waves), width), dtype=np.float32)
     dev = _device(model)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         x, mask = collate([waves[i] for i in idx], src_rate, model_rate(model), input_normalized(model))
-        out[idx] = model(input_values=x.to(dev), attention_mask=mask.to(dev)).logits.float().cpu().numpy()
+        out[idx] = output(x.to(dev), mask.to(dev)).float().cpu().numpy()
     return out
+
+
+def predict_logits(model: PreTrainedModel, waves: Sequence[np.ndarray], batch_size: int = 64, src_rate: int = TELEPHONE_RATE) -> np.ndarray:
+    """Logits for 8 kHz clips, batched by similar length."""
+    return batched_outputs(model, waves, model.config.num_labels,
+                           lambda x, mask: model(input_values=x, attention_mask=mask).logits, batch_size, src_rate)
 
 
 def _random_crop(x: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:

@@ -51,13 +51,16 @@ TOKEN = "bench-token"
 PASS_SCORED, PASS_P95_MS, PASS_PACING_P99_MS = 0.99, 500.0, 20.0
 
 
-def speech_calls(seconds: int, count: int, speech: Path) -> tuple[list[np.ndarray], Path]:
+def speech_calls(seconds: int, count: int, speech: Path, emotions: tuple[str, ...] = ()
+                 ) -> tuple[list[np.ndarray], Path]:
     """Up to ``count`` distinct calls of ``seconds``: one CREMA-D actor's clips back to back (looped if short),
-    from ``speech``, else from the bundled sample clips (two actors)."""
+    from ``speech``, else from the bundled sample clips (two actors); with ``emotions`` (CREMA-D codes, e.g. NEU) only
+    clips of those."""
     directory = speech if speech.is_dir() and any(speech.glob("*.flac")) else SAMPLES
     actors: dict[str, list[Path]] = {}
     for clip in sorted(directory.glob("*.flac")):
-        actors.setdefault(clip.name.split("_")[0], []).append(clip)
+        if not emotions or clip.name.split("_")[2] in emotions:
+            actors.setdefault(clip.name.split("_")[0], []).append(clip)
     calls = []
     for clips in list(actors.values())[:count]:
         pcm: list[np.ndarray] = []
@@ -191,6 +194,7 @@ class Level:
     lateness_ms: np.ndarray
     load: float
     errors: list[str]
+    second_share: float | None = None  # a cascade: share of scored windows its second model scored
 
     @property
     def generator_on_time(self) -> bool:
@@ -209,7 +213,9 @@ class Level:
                 f"e2e {_pct(e2e, 50):4.0f}/{_pct(e2e, 95):4.0f}/{_pct(e2e, 100):5.0f} ms  "
                 f"daemon {100 * self.daemon_cpu:4.0f}% CPU {self.daemon_rss / 2**20:5.0f} MiB  "
                 f"gen {100 * self.gen_cpu:3.0f}% CPU pacing p99/max {_pct(late, 99):4.1f}/{_pct(late, 100):5.1f} ms  "
-                f"load {self.load:4.2f}  {'PASS' if self.passed else 'FAIL'}"
+                f"load {self.load:4.2f}  "
+                + ("" if self.second_share is None else f"second model {100 * self.second_share:4.1f}% of windows  ")
+                + f"{'PASS' if self.passed else 'FAIL'}"
                 + ("" if self.generator_on_time else " (generator behind real time)")
                 + (f"  errors: {len(self.errors)} e.g. {self.errors[0]}" if self.errors else ""))
 
@@ -230,6 +236,7 @@ async def run_level(daemon: Daemon, n: int, audio: list[list[bytes]], voiced: li
     watcher = asyncio.create_task(observe(daemon, seen, set(ids), subscribed))
     await subscribed.wait()
     load, cpu0, rss = os.getloadavg()[0], _cpu_s(daemon.proc.pid), [0]
+    counted = await window_counts(daemon)
 
     async def sample_rss() -> None:
         while True:
@@ -246,6 +253,7 @@ async def run_level(daemon: Daemon, n: int, audio: list[list[bytes]], voiced: li
     except TimeoutError:
         errors.append(f"only {len(seen.ended)} of {n} call.ended events within 30 s")
     sampler.cancel()
+    scored, second = (now - then for now, then in zip(await window_counts(daemon), counted))
     sent_at = {}
     for g, r in enumerate(results):
         for (_, _, _), cid, times in zip(calls[g::args.generators], ids[g::args.generators], r.sent_at):
@@ -260,7 +268,18 @@ async def run_level(daemon: Daemon, n: int, audio: list[list[bytes]], voiced: li
     return Level(n, (len(seen.scores) + nonspeech) / max(expected, 1), expected, skipped - silent - nonspeech,
                  np.array([ev["lag_ms"] for _, ev in seen.scores]), np.array(e2e), (cpu1 - cpu0) / wall, rss[0],
                  sum(r.cpu_s for r in results) / wall, 1000 * np.concatenate([r.lateness_s for r in results]),
-                 load, errors)
+                 load, errors, second / scored if second and scored else None)
+
+
+async def window_counts(daemon: Daemon) -> tuple[float, float]:
+    """From the daemon's /metrics: windows scored so far, and of those the ones a cascade's second model scored
+    (worker processes report theirs every few seconds)."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+        async with session.get(f"http://127.0.0.1:{daemon.api_port}/metrics") as response:
+            text = await response.text()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return (float(values.get('emovoice_windows_total{outcome="scored"}', 0)),
+            float(values.get("emovoice_cascade_second_windows_total", 0)))
 
 
 def capacity(levels: list[tuple[int, bool]]) -> int:
@@ -311,6 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="model.quantize_int8 of the daemon: on, off, or model: as the model directory says")
     parser.add_argument("--generators", type=int, default=1, help="generator processes")
     parser.add_argument("--speech", type=Path, default=SPEECH, help="CREMA-D AudioWAV directory")
+    parser.add_argument("--emotions", default="", help="only CREMA-D clips of these emotions, e.g. NEU (calm "
+                        "traffic: a cascade's second model runs on fewer windows); default: every clip")
     parser.add_argument("--distinct", type=int, default=16, help="distinct call recordings (cycled)")
     parser.add_argument("--pause-s", type=float, default=3.0, help="rest between levels")
     return parser.parse_args(argv)
@@ -322,10 +343,10 @@ def main() -> int:
     args.levels = [int(n) for n in args.levels.split(",")]
     pipeline = PipelineConfig()
     args.hop_s, args.window_s = pipeline.hop_s, pipeline.window_s
-    pcm, source = speech_calls(args.seconds, args.distinct, args.speech)
+    pcm, source = speech_calls(args.seconds, args.distinct, args.speech, tuple(filter(None, args.emotions.split(","))))
     audio = [audiosocket_frames(str(uuid.uuid4()), p)[1:] for p in pcm]
     voiced = [voiced_windows(p, pipeline) for p in pcm]
-    print(f"speech: {len(pcm)} distinct {args.seconds} s calls (CREMA-D actors) from {source}; model {args.model or 'shipped'}, "
+    print(f"speech: {len(pcm)} distinct {args.seconds} s calls (CREMA-D actors{', ' + args.emotions if args.emotions else ''}) from {source}; model {args.model or 'shipped'}, "
           f"threads {args.threads}; {os.cpu_count()} CPUs; load {os.getloadavg()}", flush=True)
     best = {}
     with tempfile.TemporaryDirectory(prefix="evcap") as tmp:

@@ -114,19 +114,21 @@ async def _score_calls(calls: Sequence[Call], config: Config, classifier: Classi
 def score_calls(calls: Sequence[Call], config: Config, classifier: Classifier, jobs: int = 8) -> list[CallOutcome]:
     """Score ``calls`` through the production path; with line adaptation, each half of the speakers is scored
     after the site statistics were learnt from the other half's calls (never from the scored speakers)."""
-    adapter = getattr(classifier, "adapter", None)
-    if adapter is None:
+    adapters = getattr(classifier, "adapters", [])
+    if not adapters:
         return asyncio.run(_score_calls(calls, config, classifier, jobs))
     speakers = sorted({c.speaker for c in calls})
     halves = [set(speakers[0::2]), set(speakers[1::2])]
-    prior = dataclasses.replace(adapter.site)
+    priors = [dataclasses.replace(a.site) for a in adapters]
     outcomes: dict[str, CallOutcome] = {}
     for scored, heard in (halves, halves[::-1]):
-        adapter.site = dataclasses.replace(prior)
+        for adapter, prior in zip(adapters, priors):
+            adapter.site = dataclasses.replace(prior)
         asyncio.run(_score_calls([c for c in calls if c.speaker in heard], config, classifier, jobs))
         for o in asyncio.run(_score_calls([c for c in calls if c.speaker in scored], config, classifier, jobs)):
             outcomes[o.call.name] = o
-    adapter.site = prior
+    for adapter, prior in zip(adapters, priors):
+        adapter.site = prior
     return [outcomes[c.name] for c in calls]
 
 

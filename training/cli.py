@@ -86,11 +86,17 @@ def cmd_calls(args: argparse.Namespace) -> None:
     rows, out, started = {}, {}, time.monotonic()
 
     def run(name: str, calls: list) -> list:
+        counted = _window_counts()
         outcomes = score_calls(calls, config, classifier)
         if memo is not None:
             memo.save()
         print(f"[{time.monotonic() - started:6.0f}s] {name}: {len(calls)} calls, {audio_seconds(calls) / 60:.0f} min of audio",
               flush=True)
+        scored, second = (now - then for now, then in zip(_window_counts(), counted))
+        if second:  # a cascade: how often its second model ran (every pass, the site-learning one included)
+            out.setdefault("second_share_pct", {})[name] = round(100 * second / max(scored, 1), 1)
+            print(f"  the cascade's second model scored {second:.0f} of {scored:.0f} windows "
+                  f"({out['second_share_pct'][name]} %)", flush=True)
         return outcomes
 
     for spec in args.corpus:
@@ -252,6 +258,14 @@ def _choose(outcomes: list, config, out: str) -> None:  # noqa: ANN001
     values, figures = best
     Path(out).write_text(json.dumps(values, indent=1) + "\n")
     print(f"chosen (within {BUDGET}): {values}\n  -> {figures}\nwritten to {out}")
+
+
+def _window_counts() -> tuple[float, float]:
+    """Windows the model scored so far in this process, and of those the ones a cascade's second model scored."""
+    from emovoice_daemon.outputs.metrics import REGISTRY
+
+    return tuple(REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in (
+        ("emovoice_windows_total", {"outcome": "scored"}), ("emovoice_cascade_second_windows_total", {})))
 
 
 def _daemon_model(args: argparse.Namespace):  # noqa: ANN202 (Config, Classifier; imports stay lazy)

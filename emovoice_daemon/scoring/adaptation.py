@@ -30,15 +30,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Running:
-    """Mean and variance, updated one vector at a time with weight ``1 / min(count, memory)``."""
+    """Mean and variance, updated one vector at a time with rate ``weight / min(count, memory)`` (a vector of
+    weight 2 counts as two)."""
 
     mean: np.ndarray
     var: np.ndarray
     count: float
 
-    def add(self, x: np.ndarray, memory: float) -> None:
-        self.count = min(self.count + 1, memory)
-        rate = 1.0 / self.count
+    def add(self, x: np.ndarray, memory: float, weight: float = 1.0) -> None:
+        self.count = min(self.count + weight, memory)
+        rate = min(1.0, weight / self.count)
         delta = x - self.mean
         self.mean = self.mean + rate * delta
         self.var = (1.0 - rate) * (self.var + rate * delta * delta)
@@ -98,29 +99,33 @@ class LineAdapter:
             np.savez(f, mean=self.site.mean, var=self.site.var, count=self.site.count)
         os.replace(tmp, self.state_path)
 
-    def normalise(self, legs: Sequence[str], feats: np.ndarray) -> np.ndarray:
-        """Standardise each row with its leg's blended statistics, then learn from it."""
+    def normalise(self, legs: Sequence[str], feats: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+        """Standardise each row with its leg's blended statistics, then learn from it with its weight (1 each
+        without ``weights``; 0: judged, not learnt from)."""
         feats = np.asarray(feats, np.float64)
         out = np.empty_like(feats)
+        weights = np.ones(len(feats)) if weights is None else np.asarray(weights, np.float64)
         with self._lock:
-            for i, (leg, x) in enumerate(zip(legs, feats)):
-                out[i] = self._judge_and_learn(leg, x)
-            self._unsaved += len(feats)
+            for i, (leg, x, w) in enumerate(zip(legs, feats, weights)):
+                out[i] = self._judge_and_learn(leg, x, w)
+            self._unsaved += int(np.count_nonzero(weights))
             if self._unsaved >= self.save_every:
                 self.save()
         return out.astype(np.float32)
 
-    def _judge_and_learn(self, leg: str, x: np.ndarray) -> np.ndarray:
+    def _judge_and_learn(self, leg: str, x: np.ndarray, weight: float) -> np.ndarray:
         mean = self.site.mean
         own = self.legs.get(leg)
         if own is not None:
             mean = mean + leg_weight(own.count, self.leg_prior, self.leg_cap) * (own.mean - mean)
         z = (x - mean) / np.sqrt((self.site.var if self.site_variance else self.prior_var) + 1e-8)
+        if weight <= 0:
+            return z
         if own is None:
-            self.legs[leg] = Running(x.copy(), np.zeros_like(x), 1.0)
+            self.legs[leg] = Running(x.copy(), np.zeros_like(x), weight)
         else:
-            own.add(x, np.inf)
-        self.site.add(x, self.site_memory)
+            own.add(x, np.inf, weight)
+        self.site.add(x, self.site_memory, weight)
         return z
 
     def close_leg(self, leg: str) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from emovoice_daemon.config import EngineConfig, PipelineConfig
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.scoring import chunked, streaming
+from emovoice_daemon.scoring.models.cascade import Cascade
 from emovoice_daemon.scoring.models.loader import Classifier
 from emovoice_daemon.scoring.resample import StreamResampler
 from emovoice_daemon.scoring.speech import WARM_S, SpeechGate
@@ -117,7 +118,7 @@ class _Leg:
 class ScoringEngine:
     """Batches due windows from every leg through one classifier."""
 
-    def __init__(self, classifier: Classifier, pipeline: PipelineConfig, cfg: EngineConfig) -> None:
+    def __init__(self, classifier: Classifier | Cascade, pipeline: PipelineConfig, cfg: EngineConfig) -> None:
         self.classifier, self.pipeline, self.cfg = classifier, pipeline, cfg
         self.window = int(round(pipeline.window_s * RATE))
         self.hop = int(round(pipeline.hop_s * RATE))
@@ -169,19 +170,19 @@ class ScoringEngine:
             self._finish(w.leg, w.seq, w.start, w.end, None, "overload", w.due)
         self._inflight, self._queue = [], deque()
 
-    def set_classifier(self, classifier: Classifier) -> None:
+    def set_classifier(self, classifier: Classifier | Cascade) -> None:
         """Score every window from now on with ``classifier`` (same sampling rate: the legs' resamplers stay); a
         batch in flight finishes with the old one. Live legs go on without a gap."""
         if classifier.sampling_rate != self.model_rate:
             raise ValueError(f"the new model runs at {classifier.sampling_rate} Hz, the live one at {self.model_rate} Hz")
-        if self.adapter is not None:
-            self.adapter.save()  # the new model's adapter starts from the site statistics learnt so far
+        for adapter in self.adapters:
+            adapter.save()  # the new model's adapters start from the site statistics learnt so far
         self._use(classifier)
 
-    def _use(self, classifier: Classifier) -> None:
+    def _use(self, classifier: Classifier | Cascade) -> None:
         """The classifier, its line statistics (models with pooled features) and the front-end that fits it."""
         self.classifier = classifier
-        self.adapter = getattr(classifier, "adapter", None)
+        self.adapters = getattr(classifier, "adapters", [])  # line statistics of models with pooled features
         self.frontend = self._streaming_front_end() if self.cfg.streaming and streaming.supports(classifier) else None
         self.chunked = self._chunked_front_end() if chunked.supports(classifier) else None
 
@@ -245,8 +246,8 @@ class ScoringEngine:
             self._window_due(leg, 0, leg.pcm.total)
         await leg.idle.wait()
         del self._legs[leg_id]
-        if self.adapter is not None:
-            self.adapter.close_leg(leg_id)
+        for adapter in self.adapters:
+            adapter.close_leg(leg_id)
 
     def _window_due(self, leg: _Leg, start: int, end: int) -> None:
         new = leg.pcm.last(end - leg.resampled)
@@ -356,7 +357,7 @@ class ScoringEngine:
 
     def _infer(self, batch: list[_Window]) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Runs in the inference thread: probabilities and features for each window, in batch order."""
-        classifier, frontend, adapter = self.classifier, self.frontend, self.adapter  # a model switch waits for the batch
+        classifier, frontend, adapt = self.classifier, self.frontend, bool(self.adapters)  # a switch waits for the batch
         chunks = self.chunked
         if frontend is not None:
             return frontend.predict([(w.leg.cache, w.audio, w.audio_start) for w in batch]), [None] * len(batch)
@@ -369,12 +370,12 @@ class ScoringEngine:
         if chunks is not None and whole in by_length:
             idx = by_length.pop(whole)
             pooled = chunks.features([(batch[i].leg.chunks, batch[i].audio, batch[i].audio_start) for i in idx])
-            probs[idx] = classifier.predict_features(pooled, [batch[i].leg.leg_id for i in idx] if adapter else None)
+            probs[idx] = classifier.predict_features(pooled, [batch[i].leg.leg_id for i in idx] if adapt else None)
             for i, row in zip(idx, pooled):
                 feats[i] = row
         for idx in by_length.values():
             audio = np.stack([batch[i].audio for i in idx])
-            legs = [batch[i].leg.leg_id for i in idx] if adapter is not None else None
+            legs = [batch[i].leg.leg_id for i in idx] if adapt else None
             probs[idx], f = _predict(classifier, audio, legs)
             if f is not None:
                 for i, row in zip(idx, f):
@@ -401,7 +402,7 @@ class ScoringEngine:
             leg.idle.set()
 
 
-def _predict(classifier: Classifier, audio: np.ndarray, legs: list[str] | None
+def _predict(classifier: Classifier | Cascade, audio: np.ndarray, legs: list[str] | None
              ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities and pooled features of a batch; a stand-in with only ``predict`` (tests, scripted models)
     has no features."""

@@ -29,13 +29,14 @@ def _ratio(src_rate: int, dst_rate: int) -> tuple[int, int]:
 
 
 def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Resample a whole signal (int16 or float) to ``dst_rate``; returns float32 in the input's scale."""
+    """Resample a whole signal, or each row of a batch, (int16 or float) to ``dst_rate``; returns float32 in the
+    input's scale."""
     x = np.asarray(x, dtype=np.float32)
     if src_rate == dst_rate:
         return x
     up, down = _ratio(src_rate, dst_rate)
     # resample_poly scales a given filter by ``up`` itself: hand it the unity-gain prototype
-    return signal.resample_poly(x, up, down, window=lowpass(up, down) / up).astype(np.float32)
+    return signal.resample_poly(x, up, down, axis=-1, window=lowpass(up, down) / up).astype(np.float32)
 
 
 class StreamResampler:

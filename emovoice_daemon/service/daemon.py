@@ -36,6 +36,7 @@ from emovoice_daemon.outputs.supervisor import SupervisorBoard
 from emovoice_daemon.outputs.recovery import lost_legs
 from emovoice_daemon.outputs.webhook import WebhookSender
 from emovoice_daemon.scoring.engine import ScoringEngine
+from emovoice_daemon.scoring.models.cascade import Cascade
 from emovoice_daemon.scoring.models.loader import Classifier, ModelError, load_classifier
 from emovoice_daemon.scoring.recorder import RecordingEngine
 from emovoice_daemon.service.health import HealthMonitor, Problem
@@ -49,7 +50,7 @@ BASE_VERSION = "base"  # model_info.version of the configured (or shipped) model
 class Daemon:
     """All live components of one running daemon."""
 
-    def __init__(self, config: Config, classifier: Classifier | None = None) -> None:
+    def __init__(self, config: Config, classifier: Classifier | Cascade | None = None) -> None:
         self.config = config
         self.classifier = classifier
         self.api_token = api_token(config.api)
@@ -84,7 +85,7 @@ class Daemon:
     def model_info(self) -> dict[str, Any]:
         return {"name": self.classifier.name, "trained": self.classifier.trained, "version": self.model_version}
 
-    def _load_model(self) -> Classifier:
+    def _load_model(self) -> Classifier | Cascade:
         """The learnt version ``current`` points at, else (one warning when it cannot load) the configured model."""
         name = self.versions.current()
         if name is not None:
@@ -97,7 +98,7 @@ class Daemon:
         self.model_version = BASE_VERSION
         return load_classifier(self.config.model)
 
-    def _load_version(self, name: str | None) -> Classifier:
+    def _load_version(self, name: str | None) -> Classifier | Cascade:
         path = str(self.versions.path(name)) if name else self.config.model.path
         return load_classifier(dataclasses.replace(self.config.model, path=path))
 

@@ -15,7 +15,7 @@ from emovoice_daemon.config import ModelConfig
 from emovoice_daemon.learning import refit as refit_module
 from emovoice_daemon.learning.refit import MAX_REPLAY_BYTES, REPLAY_FILE, SiteVerdicts, refit, write_replay
 from emovoice_daemon.scoring.models.compact import CompactConfig, CompactForAudioClassification
-from emovoice_daemon.scoring.models.loader import COMPACT_DIR, load_classifier, read_escalation
+from emovoice_daemon.scoring.models.loader import CASCADE_DIR, COMPACT_DIR, load_classifier, read_escalation
 from tests.scoring.test_whisper import tiny_encoder_dir, tiny_head_dir
 
 FEATURES = 64  # tiny encoder: 2 hidden states x (mean, std) x d_model 16
@@ -117,6 +117,8 @@ def test_too_few_verdict_calls_is_one_line_value_error(model_dir: Path, tmp_path
 def test_other_models_and_mismatched_features_are_refused(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="only models whose head reads standardised features"):
         refit(COMPACT_DIR, site_calls(8, 3), tmp_path / "a")  # the compact default: no feature_norm
+    with pytest.raises(ValueError, match="not 'emovoice-cascade'"):
+        refit(CASCADE_DIR, site_calls(8, 3), tmp_path / "a")  # a cascade has no head of its own
     v = site_calls(8, 3)
     with pytest.raises(ValueError, match="values per window"):
         refit(model_dir, SiteVerdicts(v.features[:, :10], v.upset, v.calls), tmp_path / "b")

@@ -30,6 +30,20 @@ def test_site_statistics_follow_the_traffic() -> None:
     assert abs(float(a.normalise(["new"], np.full((1, F), 5.0)).mean())) < 0.4
 
 
+def test_weights_say_how_much_each_window_teaches() -> None:
+    """Weight 0: judged, not learnt from; one window of weight k moves the site about as far as k of weight 1."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(5.0, 2.0, (30, F))
+    judged = adapter(prior_windows=10)
+    assert np.allclose(judged.normalise([f"l{i}" for i in range(30)], x, np.zeros(30)), x)
+    assert np.allclose(judged.site.mean, 0.0) and judged.site.count == 10 and judged.legs == {}
+    every, weighted = adapter(prior_windows=10), adapter(prior_windows=10)
+    every.normalise(["l"] * 30, x)
+    weighted.normalise(["l"] * 10, x[::3], np.full(10, 3.0))  # every third window, counting three
+    assert weighted.site.count == every.site.count == 40
+    assert np.allclose(weighted.site.mean, every.site.mean, atol=1.0) and np.all(weighted.site.mean > 2.5)
+
+
 def test_a_leg_angry_throughout_stays_angry() -> None:
     """The leg's own mean replaces at most leg_cap of the site's, so a constant offset keeps (1 - cap) of it."""
     a = adapter(leg_prior=5, leg_cap=0.5, prior_windows=10_000)  # a site that has heard plenty of other calls

@@ -8,6 +8,7 @@ problem is reported as a :class:`ModelError` naming the file and what is wrong.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,12 +23,14 @@ import torch
 
 from emovoice_daemon.config import ModelConfig, escalation_defaults_problem
 from emovoice_daemon.scoring.adaptation import LineAdapter
+from emovoice_daemon.scoring.models.cascade import CASCADE_TYPE, Cascade, cascade_problem, second_stats_path
 
 log = logging.getLogger(__name__)
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
 COMPACT_DIR = Path(__file__).resolve().parent / "default"  # the compact CNN: any CPU, hundreds of legs per core
 ENCODER_DIR = Path(__file__).resolve().parent / "encoder"  # the Whisper-encoder head (needs fetch-encoder)
+CASCADE_DIR = Path(__file__).resolve().parent / "student-encoder"  # the student, the encoder where it hears anger
 DEFAULT_DIR = ENCODER_DIR  # what the daemon runs when model.path is empty: the best calls (docs/training.md)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 MIN_RATE, MAX_RATE = 8000, 48000
@@ -66,12 +69,19 @@ class Classifier:
     escalation: dict[str, Any] = field(default_factory=dict)  # the model's own escalation defaults
     model_dir: str = ""
 
-    def predict(self, batch: np.ndarray, legs: Sequence[str] | None = None) -> np.ndarray:
-        """Class probabilities for a batch of equal-length waveforms (of ``legs``, when the model adapts)."""
-        return self.predict_with_features(batch, legs)[0]
+    @property
+    def adapters(self) -> list[LineAdapter]:
+        """Every line adapter the model keeps (a cascade keeps one per stage)."""
+        return [self.adapter] if self.adapter is not None else []
 
-    def predict_with_features(self, batch: np.ndarray, legs: Sequence[str] | None = None
-                              ) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(self, batch: np.ndarray, legs: Sequence[str] | None = None,
+                weights: Sequence[float] | None = None) -> np.ndarray:
+        """Class probabilities for a batch of equal-length waveforms (of ``legs``, when the model adapts; each
+        window teaching the line statistics with its weight, 1 without ``weights``)."""
+        return self.predict_with_features(batch, legs, weights)[0]
+
+    def predict_with_features(self, batch: np.ndarray, legs: Sequence[str] | None = None,
+                              weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """``(probs[B, 3], features float32[B, F] | None)``: the features are the unnormalised pooled head input of
         models that standardise one (:func:`has_features`; what a site's verdicts are learnt from), else None."""
         x = np.asarray(batch, dtype=np.float32)
@@ -85,14 +95,15 @@ class Classifier:
             return self.probs_from_logits(logits), None
         with torch.inference_mode(), self.autocast():
             feats = self.model.pooled_features(self.to_device(x)).float().cpu().numpy()
-        return self.predict_features(feats, legs), feats
+        return self.predict_features(feats, legs, weights), feats
 
-    def predict_features(self, feats: np.ndarray, legs: Sequence[str] | None) -> np.ndarray:
+    def predict_features(self, feats: np.ndarray, legs: Sequence[str] | None,
+                         weights: Sequence[float] | None = None) -> np.ndarray:
         """Class probabilities from a model's pooled features (``pooled_features``) of ``legs``' windows:
         standardised by the line's statistics when the model adapts (and ``legs`` are given), else by the training
         site's."""
         if self.adapter is not None and legs is not None:
-            z = self.adapter.normalise(legs, feats)
+            z = self.adapter.normalise(legs, feats, weights)
         else:
             z = ((feats - self.model.feature_mean.cpu().numpy()) / self.model.feature_std.cpu().numpy()).astype(np.float32)
         with torch.inference_mode(), self.autocast():
@@ -190,10 +201,26 @@ def validate_model(cfg: ModelConfig) -> dict[str, Any]:
     model's escalation defaults."""
     path = Path(cfg.path).expanduser() if cfg.path else DEFAULT_DIR
     if cfg.path or DEFAULT_DIR.is_dir():
-        config, _ = _validate_dir(path)
-        map_labels(config["id2label"], cfg.label_map, str(path / "config.json"))
+        for stage in _cascade_stages(path) or [path]:
+            config, _ = _validate_dir(stage)
+            map_labels(config["id2label"], cfg.label_map, str(stage / "config.json"))
         return read_escalation(path)
     return {}
+
+
+def _cascade_stages(path: Path) -> list[Path] | None:
+    """A cascade directory's two model directories (None for any other directory); a bad cascade is a ModelError."""
+    config = _read_json(path / "config.json") if path.is_dir() else {}
+    if config.get("model_type") != CASCADE_TYPE:
+        return None
+    problem = cascade_problem(config)
+    if problem:
+        raise ModelError(f"{path / 'config.json'}: {problem}")
+    stages = [(path / config[key]).resolve() for key in ("first", "second")]
+    for stage in stages:
+        if stage.is_dir() and _read_json(stage / "config.json").get("model_type") == CASCADE_TYPE:
+            raise ModelError(f"{path / 'config.json'}: {stage} is a cascade itself; a stage must be a model")
+    return stages
 
 
 def _validate_dir(path: Path) -> tuple[dict[str, Any], int]:
@@ -266,7 +293,20 @@ def _finish(model: torch.nn.Module, cfg: ModelConfig, int8: bool = False, **fiel
     return Classifier(model=model, device=device, half=device.type == "cuda", **fields)
 
 
-def load_directory(path: Path, cfg: ModelConfig) -> Classifier:
+def load_directory(path: Path, cfg: ModelConfig) -> Classifier | Cascade:
+    """Validate and load one HF audio-classification directory, or a cascade of two."""
+    stages = _cascade_stages(path)
+    if stages is None:
+        return _load_model(path, cfg)
+    first = _load_model(stages[0], cfg)
+    second = _load_model(stages[1], dataclasses.replace(cfg, site_stats_path=second_stats_path(cfg.site_stats_path)))
+    config = _read_json(path / "config.json")
+    gate, sample = float(config["gate"]), float(config.get("sample", 0.0))
+    return Cascade(first, second, gate, sample, name=f"{path.name} ({first.name} -> {second.name} at {gate:g})",
+                   model_dir=str(path), escalation=read_escalation(path))
+
+
+def _load_model(path: Path, cfg: ModelConfig) -> Classifier:
     """Validate and load one HF audio-classification directory."""
     from transformers import AutoModelForAudioClassification
     from transformers.utils import logging as hf_logging
@@ -322,7 +362,7 @@ def placeholder_model() -> torch.nn.Module:
         return HubertForSequenceClassification(config)
 
 
-def load_classifier(cfg: ModelConfig) -> Classifier:
+def load_classifier(cfg: ModelConfig) -> Classifier | Cascade:
     """``cfg.path``, else the shipped default (the compact model, with a warning, when the default cannot
     load, e.g. its Whisper checkpoint was never fetched), else an untrained placeholder (scores mean nothing)."""
     if cfg.path:

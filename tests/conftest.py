@@ -44,6 +44,16 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def fetched_encoder() -> None:
+    """Skip the test unless Whisper base was fetched (``emovoice-daemon fetch-encoder``; ./dev test does it)."""
+    from emovoice_daemon.scoring.models.whisper import EncoderMissing, resolve_encoder
+
+    try:
+        resolve_encoder("whisper-base")
+    except EncoderMissing as exc:
+        pytest.skip(str(exc))
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))

@@ -16,9 +16,9 @@ from emovoice_daemon.scoring.models.cascade import Cascade, sampled_window
 from emovoice_daemon.scoring.models.loader import CASCADE_DIR as SHIPPED, ModelError, load_classifier, validate_model
 from emovoice_daemon.scoring.models.compact import CompactConfig, CompactForAudioClassification
 from emovoice_daemon.scoring.resample import resample
+from tests.conftest import fetched_encoder
 
 from .test_whisper import tiny_encoder_dir, tiny_head_dir
-
 
 
 def tiny_student_dir(path: Path) -> Path:
@@ -134,3 +134,15 @@ def test_the_shipped_cascade_names_the_shipped_student_and_encoder() -> None:
     assert (SHIPPED / config["first"]).resolve().name == "student" and (SHIPPED / config["second"]).resolve().name == "encoder"
     escalation = validate_model(ModelConfig(path=str(SHIPPED)))
     assert escalation == json.loads((SHIPPED / "escalation.json").read_text()) and 0 < config["gate"] < 1
+    card = (SHIPPED / "README.md").read_text()
+    for needle in ("gate", "sample", "calls --choose", "fetch-encoder", "line-conditions"):
+        assert needle in card, needle
+
+
+def test_the_shipped_cascade_scores_with_the_fetched_encoder(tmp_path: Path) -> None:
+    fetched_encoder()
+    cascade = load_classifier(ModelConfig(path=str(SHIPPED), site_stats_path=str(tmp_path / "site.npz")))
+    x = windows(4, 3.0)
+    probs, feats = cascade.predict_with_features(x, ["a", "b", "c", "d"])
+    assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5) and feats.shape == (4, 512)
+    assert cascade.first.adapter.site.count > 200

@@ -3,12 +3,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from safetensors.numpy import load_file
 
 from emovoice_daemon.config import ModelConfig
 from emovoice_daemon.scoring.models.loader import ENCODER_DIR, load_classifier
-from emovoice_daemon.scoring.models.whisper import EncoderMissing, resolve_encoder
+from tests.conftest import fetched_encoder
 
 
 def test_head_only_files_and_size_budget() -> None:
@@ -35,10 +34,7 @@ def test_model_card_states_data_licences_protocol_and_figures() -> None:
 
 
 def test_loads_with_the_fetched_encoder_and_scores_windows(tmp_path: Path) -> None:
-    try:
-        resolve_encoder("whisper-base")
-    except EncoderMissing as exc:
-        pytest.skip(str(exc))
+    fetched_encoder()
     clf = load_classifier(ModelConfig(path=str(ENCODER_DIR), site_stats_path=str(tmp_path / "site.npz")))
     x = (0.05 * np.random.default_rng(0).standard_normal((2, 48000))).astype(np.float32)
     p = clf.predict(x, ["a", "b"])

@@ -148,7 +148,7 @@ def _load(model_dir: Path) -> _Model:
     config = json.loads((model_dir / "config.json").read_text())
     tensors = load_file(str(model_dir / WEIGHTS_FILE)) if config.get("model_type") in MODEL_TYPES else {}
     stats = _standardisation(tensors)
-    if stats is None:  # a cascade too: its first model is refitted as a model of its own
+    if stats is None:  # another model type (a cascade has no head of its own), or no standardised features
         raise ValueError(f"{model_dir}: only models whose head reads standardised features can be refitted (Whisper-"
                          f"encoder heads, compact students with feature_norm), not {config.get('model_type')!r}")
     esc_file = model_dir / ESCALATION_FILE

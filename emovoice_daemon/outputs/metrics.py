@@ -36,7 +36,8 @@ RTP_STREAM_TIMEOUTS = Counter("emovoice_rtp_stream_timeouts_total", "RTP streams
 WINDOWS = Counter("emovoice_windows_total", "Windows by outcome (scored, silence, overload, error)", ["outcome"],
                   registry=REGISTRY)
 CASCADE_SECOND = Counter("emovoice_cascade_second_windows_total", "Windows a cascade's second model scored (the "
-                         "first model's P(NEGATIVE) reached the gate)", registry=REGISTRY)
+                         "first model's P(NEGATIVE) reached the gate, or the window was in the sample)",
+                         registry=REGISTRY)
 BATCH_SIZE = Histogram("emovoice_batch_size", "Windows per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                        registry=REGISTRY)
 SCORING_LAG = Histogram("emovoice_scoring_lag_seconds", "From window due to result",

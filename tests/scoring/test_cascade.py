@@ -112,11 +112,24 @@ async def test_each_stage_learns_the_line_from_the_windows_it_hears(tmp_path: Pa
     assert load_classifier(ModelConfig(path=str(path), site_stats_path=str(state))).second.adapter.site.count > 200
 
 
+def test_the_cascade_chooses_int8_for_both_models_unless_the_config_says(tmp_path: Path,
+                                                                        stages: tuple[Path, Path]) -> None:
+    path = cascade_dir(tmp_path / "c", "../student", "../head", 0.5, quantize_int8=True)
+
+    def quantized(cascade: Cascade) -> list[bool]:
+        return [any("quantized" in type(m).__module__ for m in stage.model.modules())
+                for stage in (cascade.first, cascade.second)]
+
+    assert quantized(load_classifier(ModelConfig(path=str(path), adapt=False))) == [True, True]
+    assert quantized(load_classifier(ModelConfig(path=str(path), adapt=False, quantize_int8=False))) == [False, False]
+
+
 @pytest.mark.parametrize("first, second, gate, message", [
     ("../student", "../head", 0, r"gate must be a number in \(0, 1\]"),
     ("../student", "../head", "high", r"gate must be a number"),
     ("", "../head", 0.2, r"first must name a model directory"),
     ("../student", "../head", {"gate": 0.2, "sample": 1.0}, r"sample must be a number in \[0, 1\)"),
+    ("../student", "../head", {"gate": 0.2, "quantize_int8": "yes"}, r"quantize_int8 must be true or false"),
     ("../student", "../nowhere", 0.2, r"nowhere: model directory does not exist"),
     ("../student", "../inner", 0.2, r"is a cascade itself"),
 ])

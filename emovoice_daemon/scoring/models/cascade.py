@@ -3,14 +3,15 @@
 A cascade directory holds no weights, only ``config.json`` naming two model directories (relative to it), a gate and
 a sample share, and the cascade's own ``escalation.json`` (chosen on validation calls of the cascade)::
 
-    {"model_type": "emovoice-cascade", "first": "../student", "second": "../encoder", "gate": 0.2, "sample": 0.1}
+    {"model_type": "emovoice-cascade", "first": "../student", "second": "../encoder", "gate": 0.2, "sample": 0.1,
+     "quantize_int8": true}
 
 The first model scores every window at its own rate (the engine's). The second hears, resampled to its rate, the
-windows whose first P(NEGATIVE) reaches ``gate`` and a random ``sample`` share of the others; its probabilities
-replace the first's on each. Each stage keeps its own line adapter: the second's site statistics are learnt from the
+windows whose first P(NEGATIVE) reaches ``gate`` and a ``sample`` share of the others (chosen by the CRC-32 of the
+window's samples); its probabilities replace the first's on each. Each stage keeps its own line adapter: the second's site statistics are learnt from the
 sampled windows only, each counting ``1 / sample`` (the gated ones, suspicious by choice, would pull the site mean
 toward anger), and persist beside the first's (``<site_stats_path stem>.second.npz``). The window features a verdict
-store keeps are the first's.
+store keeps are the first's. ``quantize_int8`` is what ``model.quantize_int8: model`` means for both models.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def cascade_problem(config: dict[str, Any]) -> str | None:
         return f"gate must be a number in (0, 1] (the first model's P(NEGATIVE) that calls the second), got {gate!r}"
     if not _number(sample) or not 0.0 <= sample < 1.0:
         return f"sample must be a number in [0, 1) (the share of other windows the second hears), got {sample!r}"
+    if not isinstance(config.get("quantize_int8", False), bool):
+        return f"quantize_int8 must be true or false (both models' linear layers), got {config['quantize_int8']!r}"
     return None
 
 
@@ -88,15 +91,11 @@ class Cascade:
         return self.first.model
 
     @property
-    def adapter(self) -> LineAdapter | None:
-        """The first stage's line adapter (its features are the ones verdicts keep)."""
-        return self.first.adapter
-
-    @property
     def adapters(self) -> list[LineAdapter]:
         return [a for a in (self.first.adapter, self.second.adapter) if a is not None]
 
     def predict(self, batch: np.ndarray, legs: Sequence[str] | None = None) -> np.ndarray:
+        """Class probabilities (see :meth:`predict_with_features`)."""
         return self.predict_with_features(batch, legs)[0]
 
     def predict_with_features(self, batch: np.ndarray, legs: Sequence[str] | None = None

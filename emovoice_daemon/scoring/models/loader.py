@@ -298,9 +298,11 @@ def load_directory(path: Path, cfg: ModelConfig) -> Classifier | Cascade:
     stages = _cascade_stages(path)
     if stages is None:
         return _load_model(path, cfg)
+    config = _read_json(path / "config.json")
+    if cfg.quantize_int8 == "model" and "quantize_int8" in config:  # the cascade's choice for both of its models
+        cfg = dataclasses.replace(cfg, quantize_int8=config["quantize_int8"])
     first = _load_model(stages[0], cfg)
     second = _load_model(stages[1], dataclasses.replace(cfg, site_stats_path=second_stats_path(cfg.site_stats_path)))
-    config = _read_json(path / "config.json")
     gate, sample = float(config["gate"]), float(config.get("sample", 0.0))
     return Cascade(first, second, gate, sample, name=f"{path.name} ({first.name} -> {second.name} at {gate:g})",
                    model_dir=str(path), escalation=read_escalation(path))

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 
 from emovoice_daemon.config import EngineConfig, ModelConfig, PipelineConfig  # noqa: E402
 from emovoice_daemon.scoring.engine import RATE, Ring, ScoringEngine, WindowResult  # noqa: E402
-from emovoice_daemon.scoring.models.loader import LABELS, load_classifier  # noqa: E402
+from emovoice_daemon.scoring.models.compact import LABELS  # noqa: E402
+from emovoice_daemon.scoring.models.loader import load_classifier  # noqa: E402
 from emovoice_daemon.scoring.resample import resample  # noqa: E402
 
 LAG_LIMIT_S = 0.5

@@ -19,10 +19,10 @@ from emovoice_daemon.judgement.summary import LegSummary
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.outputs.events import EventBus
 from emovoice_daemon.scoring.engine import ScoringEngine, WindowResult
+from emovoice_daemon.scoring.models.compact import LABELS
 
 log = logging.getLogger(__name__)
 
-LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
 HOLD_AFTER_S = 5.0  # this long of sound without speech (music, tones) and the leg is on hold
 
 

@@ -36,6 +36,14 @@ def _speech_gate_only_where_asked(request: pytest.FixtureRequest, monkeypatch: p
         monkeypatch.setattr(speech.SpeechGate, "load", classmethod(lambda cls, path=None: None))
 
 
+@pytest.fixture(autouse=True)
+def _own_state_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test (and each daemon it starts) keeps site statistics, verdicts and refitted models in a directory of
+    its own: never the user's ~/.local/state, never what an earlier test learnt."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 def shared_path(*parts: str) -> Path:
     """A file under ../shared, or skip the test saying what is missing."""
     path = SHARED.joinpath(*parts)
@@ -119,6 +127,19 @@ class DaemonProcess:
                 break
             time.sleep(0.2)
         raise AssertionError(f"condition not met in {timeout}s; daemon stderr:\n{self.stderr_path.read_text()[-3000:]}")
+
+    def wait_for_stderr(self, *texts: str, timeout: float = 30.0) -> str:
+        """Poll the daemon's stderr until every one of ``texts`` is in it (log lines of other connections may
+        still be on their way when a call's events are); fail with the stderr's tail if not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stderr = self.stderr_path.read_text()
+            if all(text in stderr for text in texts):
+                return stderr
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                missing = [text for text in texts if text not in stderr]
+                raise AssertionError(f"not in the daemon's stderr after {timeout}s: {missing}\n{stderr[-3000:]}")
+            time.sleep(0.2)
 
 
 def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None = None,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from emovoice_daemon.judgement.policy import Transition
-from emovoice_daemon.scoring.models.loader import LABELS
+from emovoice_daemon.scoring.models.compact import LABELS
 
 TIMELINE_POINTS = 120
 

@@ -26,13 +26,14 @@ import torch
 
 from emovoice_daemon.outputs import metrics
 from emovoice_daemon.scoring.adaptation import LineAdapter
+from emovoice_daemon.scoring.models.compact import LABELS
 from emovoice_daemon.scoring.resample import resample
 
 if TYPE_CHECKING:
     from emovoice_daemon.scoring.models.loader import Classifier
 
 CASCADE_TYPE = "emovoice-cascade"
-NEGATIVE = 0  # index of NEGATIVE in the classifiers' probabilities
+NEGATIVE = LABELS.index("NEGATIVE")  # its column in the classifiers' probabilities
 
 
 def second_stats_path(path: str) -> str:

@@ -24,10 +24,10 @@ import torch
 from emovoice_daemon.config import ModelConfig, escalation_defaults_problem
 from emovoice_daemon.scoring.adaptation import LineAdapter
 from emovoice_daemon.scoring.models.cascade import CASCADE_TYPE, Cascade, cascade_problem, second_stats_path
+from emovoice_daemon.scoring.models.compact import LABELS
 
 log = logging.getLogger(__name__)
 
-LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
 COMPACT_DIR = Path(__file__).resolve().parent / "default"  # the compact CNN: any CPU, hundreds of legs per core
 ENCODER_DIR = Path(__file__).resolve().parent / "encoder"  # the Whisper-encoder head (needs fetch-encoder)
 CASCADE_DIR = Path(__file__).resolve().parent / "student-encoder"  # the student, the encoder where it hears anger
@@ -201,15 +201,17 @@ def validate_model(cfg: ModelConfig) -> dict[str, Any]:
     model's escalation defaults."""
     path = Path(cfg.path).expanduser() if cfg.path else DEFAULT_DIR
     if cfg.path or DEFAULT_DIR.is_dir():
-        for stage in _cascade_stages(path) or [path]:
+        cascade = _read_cascade(path)
+        for stage in cascade[1] if cascade else [path]:
             config, _ = _validate_dir(stage)
             map_labels(config["id2label"], cfg.label_map, str(stage / "config.json"))
         return read_escalation(path)
     return {}
 
 
-def _cascade_stages(path: Path) -> list[Path] | None:
-    """A cascade directory's two model directories (None for any other directory); a bad cascade is a ModelError."""
+def _read_cascade(path: Path) -> tuple[dict[str, Any], list[Path]] | None:
+    """A cascade directory's config.json and its two model directories (None for any other directory); a bad
+    cascade is a ModelError."""
     config = _read_json(path / "config.json") if path.is_dir() else {}
     if config.get("model_type") != CASCADE_TYPE:
         return None
@@ -220,7 +222,7 @@ def _cascade_stages(path: Path) -> list[Path] | None:
     for stage in stages:
         if stage.is_dir() and _read_json(stage / "config.json").get("model_type") == CASCADE_TYPE:
             raise ModelError(f"{path / 'config.json'}: {stage} is a cascade itself; a stage must be a model")
-    return stages
+    return config, stages
 
 
 def _validate_dir(path: Path) -> tuple[dict[str, Any], int]:
@@ -295,10 +297,10 @@ def _finish(model: torch.nn.Module, cfg: ModelConfig, int8: bool = False, **fiel
 
 def load_directory(path: Path, cfg: ModelConfig) -> Classifier | Cascade:
     """Validate and load one HF audio-classification directory, or a cascade of two."""
-    stages = _cascade_stages(path)
-    if stages is None:
+    cascade = _read_cascade(path)
+    if cascade is None:
         return _load_model(path, cfg)
-    config = _read_json(path / "config.json")
+    config, stages = cascade
     if cfg.quantize_int8 == "model" and "quantize_int8" in config:  # the cascade's choice for both of its models
         cfg = dataclasses.replace(cfg, quantize_int8=config["quantize_int8"])
     first = _load_model(stages[0], cfg)

@@ -118,27 +118,24 @@ class DaemonProcess:
 
     def wait_for(self, predicate, timeout: float = 30.0) -> list[dict]:
         """Poll the JSONL log until ``predicate(events)`` holds; fail with the daemon's stderr if not."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            events = self.events()
-            if predicate(events):
-                return events
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"condition not met in {timeout}s; daemon stderr:\n{self.stderr_path.read_text()[-3000:]}")
+        return self._poll(self.events, predicate, timeout, "condition not met")
 
     def wait_for_stderr(self, *texts: str, timeout: float = 30.0) -> str:
         """Poll the daemon's stderr until every one of ``texts`` is in it (log lines of other connections may
-        still be on their way when a call's events are); fail with the stderr's tail if not."""
+        still be on their way when a call's events are)."""
+        return self._poll(self.stderr_path.read_text, lambda stderr: all(t in stderr for t in texts), timeout,
+                          f"not all of {list(texts)} in the daemon's stderr")
+
+    def _poll(self, read, done, timeout: float, failure: str):  # type: ignore[no-untyped-def]
+        """``read()`` every 0.2 s until ``done`` holds for it; fail with ``failure`` and the daemon's stderr once
+        ``timeout`` passes or the daemon exits."""
         deadline = time.monotonic() + timeout
         while True:
-            stderr = self.stderr_path.read_text()
-            if all(text in stderr for text in texts):
-                return stderr
+            value = read()
+            if done(value):
+                return value
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                missing = [text for text in texts if text not in stderr]
-                raise AssertionError(f"not in the daemon's stderr after {timeout}s: {missing}\n{stderr[-3000:]}")
+                raise AssertionError(f"{failure} in {timeout}s; daemon stderr:\n{self.stderr_path.read_text()[-3000:]}")
             time.sleep(0.2)
 
 

@@ -8,10 +8,10 @@ a sample share, and the cascade's own ``escalation.json`` (chosen on validation 
 
 The first model scores every window at its own rate (the engine's). The second hears, resampled to its rate, the
 windows whose first P(NEGATIVE) reaches ``gate`` and a ``sample`` share of the others (chosen by the CRC-32 of the
-window's samples); its probabilities replace the first's on each. Each stage keeps its own line adapter: the second's site statistics are learnt from the
-sampled windows only, each counting ``1 / sample`` (the gated ones, suspicious by choice, would pull the site mean
-toward anger), and persist beside the first's (``<site_stats_path stem>.second.npz``). The window features a verdict
-store keeps are the first's. ``quantize_int8`` is what ``model.quantize_int8: model`` means for both models.
+window's samples); its probabilities replace the first's on each. Each stage keeps its own line adapter: the second's
+site statistics are learnt from the sampled windows only, each counting ``1 / sample`` (the gated ones, suspicious by
+choice, would pull the site mean toward anger), and persist beside the first's (``<site_stats_path stem>.second.npz``).
+The window features a verdict store keeps are the first's. ``quantize_int8`` is what ``model.quantize_int8: model`` means for both models.
 """
 from __future__ import annotations
 

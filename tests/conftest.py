@@ -142,7 +142,8 @@ class DaemonProcess:
 def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None = None,
                  ready_s: float = 180, nofile: int | None = None) -> DaemonProcess:
     """Run ``emovoice-daemon run`` with a temp config and wait until /health answers; ``nofile``: its open-file
-    limit (``resource.setrlimit`` in the child)."""
+    limit (``resource.setrlimit`` in the child). Its state directory is ``tmp_path/state`` unless ``env`` says
+    otherwise (a module's daemon starts before the per-test one is set)."""
     as_port, api_port = free_port(), free_port()
     config = {"audiosocket": {"port": as_port}, "api": {"port": api_port, "token": "test-token"},
               "events": {"log_path": str(tmp_path / "events.jsonl")}}
@@ -153,7 +154,8 @@ def start_daemon(tmp_path: Path, overrides: dict | None = None, env: dict | None
     stderr_path = tmp_path / "daemon.stderr"
     proc = subprocess.Popen([sys.executable, "-m", "emovoice_daemon.tools.cli", "run", "-c", str(cfg_path)],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(stderr_path, "wb"),
-                            env={**os.environ, **(env or {})},
+                            env={**{k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"},
+                                 "XDG_STATE_HOME": str(tmp_path / "state"), **(env or {})},
                             preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
                                                                                               (nofile, nofile)))
     daemon = DaemonProcess(proc, config["audiosocket"]["port"], config["api"]["port"], config["api"]["token"],
